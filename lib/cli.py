@@ -1,0 +1,55 @@
+"""The command line shared by the entry scripts: one parser, one way to build the config, one error exit."""
+import argparse
+import sys
+
+from lib.config import Config, load_yaml_config
+from lib.errors import UserError
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The published flags of train_action.py, evaluate_action.py, vis_action_attn.py and
+    deployment/deployment_action.py, plus our additions. Scripts add their own flags to the result."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="task YAML, e.g. configs/action/train_NTU60_xsub_small.yaml")
+    p.add_argument("-c", "--checkpoint", default=None, help="output folder of a training run")
+    p.add_argument("--hyper_cfg", default=None,
+                   help="hypergraph YAML (joint labels), e.g. hyper_config/method2/manual_joint_label1.yaml; "
+                        "default: manual_joint_label1")
+    p.add_argument("--hyper_relation_bias", choices=["none", "uniform"], default=None,
+                   help="initial joint-to-joint bias: skeleton adjacency (uniform) or identity (none)")
+    p.add_argument("--version", type=int, choices=[1, 2], default=None,
+                   help="2: full model with the hypergraph branch; 1: without it")
+    p.add_argument("-r", "--resume", default=None, help="checkpoint to resume training from")
+    p.add_argument("--evaluate", default=None, help="checkpoint to evaluate, visualise or export")
+    p.add_argument("--deployment", default=None, help="output path of the ONNX model")
+    p.add_argument("--backbone_ckpt", default=None, help="pretrained backbone for finetuning (overrides the YAML)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, value parsed as YAML; repeatable; dotted keys for sections, "
+                        "e.g. --set epochs=10 --set data.clip_len=64")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    flags = {
+        "model.version": args.version,
+        "model.hyper_relation_bias": args.hyper_relation_bias,
+        "train.backbone_ckpt": args.backbone_ckpt,
+        "train.device": args.device,
+        "train.seed": args.seed,
+    }
+    return load_yaml_config(args.config, args.hyper_cfg, flags, args.overrides)
+
+
+def run_main(main, argv=None) -> int:
+    """Call `main(argv)`; a UserError becomes one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,60 @@
+"""The action dataset: samples of one split of a SkeletonStore, made into clips on demand (numpy only).
+
+It is a plain map-style dataset (`__len__`, `__getitem__`), which torch's DataLoader takes as is.
+Training clips are drawn afresh every epoch from a random stream keyed by (seed, epoch, sample), so
+they do not depend on worker count or order, and an interrupted run resumes with the same clips.
+Call `set_epoch(epoch)` before iterating each epoch.
+"""
+import numpy as np
+
+from lib.config import DataConfig
+from lib.data.preprocess import make_clip
+from lib.data.pyskl import SkeletonStore, load_store
+from lib.errors import UserError
+
+
+class ActionDataset:
+    def __init__(self, store: SkeletonStore, cfg: DataConfig, train: bool, seed: int = 0):
+        self.store, self.cfg, self.train, self.seed = store, cfg, train, seed
+        self.split = f"{cfg.data_split}_{'train' if train else 'val'}"
+        self.indices = store.split_indices(self.split)  # positions in the store
+        if len(self.indices) == 0:
+            raise UserError(f"split '{self.split}' of {store.source} is empty")
+        labels = store.label[self.indices]
+        if labels.max() >= cfg.action_classes:
+            bad = self.indices[np.argmax(labels)]
+            raise UserError(f"sample {store.frame_dir[bad]} has label {store.label[bad]}, outside 0.."
+                            f"{cfg.action_classes - 1}: set action_classes to the dataset's class count")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.store.label[self.indices]
+
+    @property
+    def frame_dirs(self) -> np.ndarray:
+        return self.store.frame_dir[self.indices]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        """float32 [2, clip_len, 17, 3] (x, y, confidence per H36M joint) and the 0-based label."""
+        index = int(self.indices[i])
+        keypoint, score = self.store.raw_sample(index)
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
+        clip = make_clip(
+            keypoint, score, self.store.img_hw[index], self.cfg.clip_len, rng=rng,
+            random_move_on=self.train and self.cfg.random_move,
+            scale_range=self.cfg.scale_range_train if self.train else self.cfg.scale_range_test,
+            legacy_conf_order=self.cfg.legacy_conf_order)
+        return clip, int(self.store.label[index])
+
+
+def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[ActionDataset, ActionDataset]:
+    """(train, val) datasets of the configured pickle and split."""
+    store = load_store(cfg.pickle_path)
+    return ActionDataset(store, cfg, train=True, seed=seed), ActionDataset(store, cfg, train=False, seed=seed)

@@ -1,0 +1,180 @@
+"""Per-sample preprocessing of raw COCO-17 keypoints into a model clip. numpy only (no torch), so that
+deployment/infer_action.py runs exactly this code with ONNX Runtime alone.
+
+`make_clip` is the whole pipeline, for training (random resampling, random_move, random crop scale)
+and for testing (deterministic):
+    [M, T, 17, 2] pixels + [M, T, 17] scores
+    -> keep the two most confident persons            (select_persons)
+    -> make their tracks consistent over time         (track_two_persons; scores move with coordinates)
+    -> pick clip_len frames                           (resample_indices)
+    -> divide by the image size to [-1, 1]            (normalize_to_image)
+    -> COCO-17 to H36M-17, coordinates and scores     (coco_to_h36m)
+    -> pad to two persons, append the score channel   [2, clip_len, 17, 3]
+    -> random_move (training only), crop_scale        float32 [2, clip_len, 17, 3]
+"""
+import numpy as np
+
+NUM_PERSONS = 2
+
+H36M_JOINT_NAMES = (
+    "pelvis", "right hip", "right knee", "right ankle", "left hip", "left knee", "left ankle", "spine",
+    "thorax", "nose", "head", "left shoulder", "left elbow", "left wrist", "right shoulder", "right elbow",
+    "right wrist",
+)
+
+# H36M joint -> the COCO joints whose mean it is. COCO: 0 nose, 1/2 left/right eye, 3/4 ears,
+# 5/6 shoulders, 7/8 elbows, 9/10 wrists, 11/12 hips, 13/14 knees, 15/16 ankles (left/right).
+# Spine is the mean of pelvis (mean of hips) and thorax (mean of shoulders), i.e. of the four joints.
+H36M_FROM_COCO = (
+    (11, 12), (12,), (14,), (16,), (11,), (13,), (15,), (5, 6, 11, 12),
+    (5, 6), (0,), (1, 2), (5,), (7,), (9,), (6,), (8,), (10,),
+)
+
+
+def _coco_to_h36m_matrix() -> np.ndarray:
+    """[17 H36M, 17 COCO] averaging weights; each row sums to 1."""
+    matrix = np.zeros((len(H36M_FROM_COCO), 17), dtype=np.float32)
+    for h36m_joint, coco_joints in enumerate(H36M_FROM_COCO):
+        matrix[h36m_joint, list(coco_joints)] = 1.0 / len(coco_joints)
+    return matrix
+
+
+COCO_TO_H36M = _coco_to_h36m_matrix()
+
+
+def select_persons(keypoint: np.ndarray, score: np.ndarray, max_persons: int = NUM_PERSONS):
+    """Keep the `max_persons` persons with the highest total score, in their original order."""
+    if keypoint.shape[0] <= max_persons:
+        return keypoint, score
+    keep = np.sort(np.argsort(-score.sum(axis=(1, 2)), kind="stable")[:max_persons])
+    return keypoint[keep], score[keep]
+
+
+def _pose_distance(a, a_visible, b, b_visible) -> np.ndarray:
+    """Mean distance over the joints visible in both poses. [..., 17, 2] x2 -> [...]."""
+    both = a_visible & b_visible
+    dist = np.linalg.norm(a - b, axis=-1)
+    return (dist * both).sum(-1) / np.maximum(both.sum(-1), 1)
+
+
+def track_two_persons(keypoint: np.ndarray, score: np.ndarray):
+    """Reorder the two persons frame by frame so that slot 0 follows one person and slot 1 the other.
+
+    A detector lists the people of each frame in no fixed order. Between consecutive frames where both
+    are present we keep or swap the slots, whichever moves the joints less; a frame with one person
+    puts it in the slot of the track it is nearest to. Scores are reordered with the coordinates.
+    keypoint [2, T, 17, 2], score [2, T, 17] -> new arrays of the same shapes.
+    """
+    visible = score > 0  # [2, T, 17]
+    present = visible.any(-1)  # [2, T]
+    both = np.flatnonzero(present[0] & present[1])
+    if keypoint.shape[0] != 2 or len(both) == 0:
+        return keypoint, score
+    # Parity of the slot order at each frame where both are present, relative to the first such frame.
+    a, b = both[:-1], both[1:]
+    keep = (_pose_distance(keypoint[0, b], visible[0, b], keypoint[0, a], visible[0, a])
+            + _pose_distance(keypoint[1, b], visible[1, b], keypoint[1, a], visible[1, a]))
+    swap = (_pose_distance(keypoint[0, b], visible[0, b], keypoint[1, a], visible[1, a])
+            + _pose_distance(keypoint[1, b], visible[1, b], keypoint[0, a], visible[0, a]))
+    parity_both = np.concatenate([[0], np.cumsum(swap < keep) % 2])
+    # Every frame refers to the latest both-present frame (or the first one, before it).
+    ref_pos = np.clip(np.searchsorted(both, np.arange(keypoint.shape[1]), side="right") - 1, 0, None)
+    ref = both[ref_pos]  # [T]
+    swapped = parity_both[ref_pos].astype(bool)  # [T]
+    # A frame with a single person: which slot of the reference frame is it closest to?
+    single = present[0] ^ present[1]
+    if single.any():
+        t = np.flatnonzero(single)
+        slot = np.where(present[0, t], 0, 1)
+        pose, pose_visible = keypoint[slot, t], visible[slot, t]
+        to_slot0 = _pose_distance(pose, pose_visible, keypoint[0, ref[t]], visible[0, ref[t]])
+        to_slot1 = _pose_distance(pose, pose_visible, keypoint[1, ref[t]], visible[1, ref[t]])
+        track = (to_slot1 < to_slot0).astype(int) ^ swapped[t]  # the track it belongs to
+        swapped[t] = track != slot
+    order = np.stack([swapped.astype(int), 1 - swapped.astype(int)])  # [2, T]: source slot per track
+    frames = np.arange(keypoint.shape[1])
+    return keypoint[order, frames], score[order, frames]
+
+
+def resample_indices(num_frames: int, clip_len: int, rng: np.random.Generator = None) -> np.ndarray:
+    """Indices of `clip_len` frames spread over `num_frames`. Without rng: evenly spaced, deterministic.
+    With rng (training): each index jitters within its own interval, so every draw gives a new clip."""
+    even = np.linspace(0, num_frames, clip_len, endpoint=False)
+    if rng is None:
+        return np.floor(even).astype(np.int64)
+    if num_frames < clip_len:
+        picked = np.where(rng.random(clip_len) < 0.5, np.floor(even), np.ceil(even))
+        picked = np.sort(picked)
+    else:
+        picked = even + rng.random(clip_len) * (num_frames / clip_len)
+    return np.clip(picked, 0, num_frames - 1).astype(np.int64)
+
+
+def normalize_to_image(xy: np.ndarray, img_hw) -> np.ndarray:
+    """Pixels to [-1, 1] along the longer image side; the same divisor on both axes keeps the aspect ratio
+    (for 1920x1080: x in [-1, 1], y in [-1, 0.125])."""
+    return xy / max(img_hw) * 2.0 - 1.0
+
+
+def coco_to_h36m(xy: np.ndarray, score: np.ndarray, legacy_conf_order: bool = False):
+    """[..., 17, 2] and [..., 17] in COCO order -> H36M order. Virtual joints (pelvis, spine, thorax, head)
+    are means, of coordinates and of scores alike. `legacy_conf_order` leaves the scores in COCO order,
+    as the published code did (joint v then carries the score of COCO joint v)."""
+    xy = COCO_TO_H36M @ xy
+    if not legacy_conf_order:
+        score = score @ COCO_TO_H36M.T
+    return xy, score
+
+
+def random_move(clip: np.ndarray, rng: np.random.Generator, angle_deg=(-10.0, 10.0), scale=(0.9, 1.1),
+                shift=(-0.1, 0.1)) -> np.ndarray:
+    """Rotate, scale and shift x, y of every person, with parameters that drift linearly from a random
+    start to a random end over the clip. [M, T, V, 3] -> new array; scores unchanged."""
+    num_frames = clip.shape[1]
+    start_end = np.stack([rng.uniform(*angle_deg, 2), rng.uniform(*scale, 2),
+                          rng.uniform(*shift, 2), rng.uniform(*shift, 2)])  # [4, 2]
+    ramp = np.linspace(0.0, 1.0, num_frames)
+    angle, s, tx, ty = start_end[:, :1] + (start_end[:, 1:] - start_end[:, :1]) * ramp  # 4 x [T]
+    angle = np.deg2rad(angle)
+    cos, sin = np.cos(angle) * s, np.sin(angle) * s
+    x, y = clip[..., 0], clip[..., 1]  # [M, T, V]
+    out = clip.copy()
+    out[..., 0] = cos[:, None] * x - sin[:, None] * y + tx[:, None]
+    out[..., 1] = sin[:, None] * x + cos[:, None] * y + ty[:, None]
+    return out
+
+
+def crop_scale(clip: np.ndarray, scale_range, rng: np.random.Generator = None) -> np.ndarray:
+    """Centre the bounding box of all confident joints (score != 0) and scale its longer side to span
+    2 / ratio, ratio drawn from scale_range (its midpoint without rng); clip to [-1, 1].
+    Fewer than 4 confident joints: all zeros. [M, T, V, 3] -> new array."""
+    valid = clip[..., :2][clip[..., 2] != 0]  # [P, 2]
+    if len(valid) < 4:
+        return np.zeros_like(clip)
+    lo, hi = valid.min(axis=0), valid.max(axis=0)
+    ratio = rng.uniform(*scale_range) if rng is not None else 0.5 * (scale_range[0] + scale_range[1])
+    size = (hi - lo).max() * ratio
+    if size == 0:
+        return np.zeros_like(clip)
+    corner = (lo + hi - size) / 2
+    out = clip.copy()
+    out[..., :2] = ((clip[..., :2] - corner) / size - 0.5) * 2
+    return np.clip(out, -1, 1)
+
+
+def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
+              rng: np.random.Generator = None, random_move_on: bool = False, scale_range=(2.0, 2.0),
+              legacy_conf_order: bool = False) -> np.ndarray:
+    """The whole pipeline (module docstring). rng None: the deterministic test pipeline.
+    keypoint [M, T, 17, 2] pixels, score [M, T, 17] -> float32 [2, clip_len, 17, 3]."""
+    keypoint, score = select_persons(keypoint, score)
+    keypoint, score = track_two_persons(keypoint, score)
+    frames = resample_indices(keypoint.shape[1], clip_len, rng)
+    xy = normalize_to_image(keypoint[:, frames].astype(np.float32), img_hw)  # [M, clip_len, 17, 2]
+    xy, conf = coco_to_h36m(xy, score[:, frames].astype(np.float32), legacy_conf_order)
+    clip = np.zeros((NUM_PERSONS, clip_len, 17, 3), dtype=np.float32)
+    clip[: len(xy), ..., :2] = xy
+    clip[: len(xy), ..., 2] = conf
+    if random_move_on:
+        clip = random_move(clip, rng)
+    return crop_scale(clip, scale_range, rng).astype(np.float32, copy=False)

@@ -1,0 +1,251 @@
+"""Reading PYSKL skeleton pickles safely, and keeping their keypoints in one compact store.
+
+A PYSKL pickle is a dict with `split` ({name: [frame_dir, ...]}) and `annotations` (a list of dicts
+with `frame_dir`, `label`, `img_shape` (h, w), `total_frames`, `keypoint` [M, T, 17, 2] in COCO-17
+order and pixels, `keypoint_score` [M, T, 17]).
+
+`load_store(path)` reads such a file with an unpickler that admits only builtins and numpy arrays,
+validates every sample, and packs the variable-length keypoints of all samples into one contiguous
+array with offsets (`SkeletonStore`). The packed arrays are cached as .npy files in `.cache/` beside
+the pickle and memory-mapped on later starts, so a second start takes about a second and DataLoader
+workers share the pages instead of copying them. The cache is rebuilt when the pickle's size or
+modification time changes.
+"""
+import json
+import logging
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lib.errors import UserError
+
+log = logging.getLogger(__name__)
+
+NUM_COCO_JOINTS = 17
+CACHE_FORMAT = 1
+
+# The globals a pickle of builtin containers and numpy arrays needs, across numpy 1.x and 2.x.
+_ALLOWED_GLOBALS = {
+    ("builtins", name) for name in ("set", "frozenset", "complex", "slice", "bytearray", "range")
+} | {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {
+    (module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles builtin containers and numpy arrays; refuses every other global (no code can run)."""
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global '{module}.{name}'")
+
+
+def read_pickle(path) -> dict:
+    """Read a PYSKL pickle through RestrictedUnpickler; every failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset pickle not found: {path}. Download it into {path.parent}/ "
+                        "(see data/action/README.md) or generate one with "
+                        f"'python -m lib.data.synthetic --preset demo --out {path}'")
+    try:
+        with open(path, "rb") as f:
+            data = RestrictedUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("refused global"):
+            raise UserError(f"refusing to load {path}: it is not plain skeleton data ({e}); "
+                            "only builtins and numpy arrays are allowed, so nothing in it was run") from None
+        raise UserError(f"cannot read {path}: corrupt or truncated pickle ({e}); download it again") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError, ImportError) as e:
+        raise UserError(f"cannot read {path}: corrupt or truncated pickle ({type(e).__name__}: {e}); "
+                        "download it again") from None
+    if not isinstance(data, dict) or "split" not in data or "annotations" not in data:
+        raise UserError(f"{path} is not a PYSKL skeleton pickle: expected a dict with 'split' and 'annotations'")
+    if not isinstance(data["split"], dict) or not isinstance(data["annotations"], list):
+        raise UserError(f"{path} is not a PYSKL skeleton pickle: 'split' must be a dict and 'annotations' a list")
+    return data
+
+
+def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one annotation; return its (keypoint [M, T, 17, 2], keypoint_score [M, T, 17])."""
+    if not isinstance(ann, dict):
+        raise UserError(f"{path}: annotation {index} is not a dict")
+    name = ann.get("frame_dir", f"annotation {index}")
+    for key in ("frame_dir", "label", "img_shape", "keypoint", "keypoint_score"):
+        if key not in ann:
+            raise UserError(f"{path}: sample {name} has no '{key}'; the file does not follow the PYSKL format")
+    kp, score = ann["keypoint"], ann["keypoint_score"]
+    if not isinstance(kp, np.ndarray) or kp.ndim != 4 or kp.shape[2:] != (NUM_COCO_JOINTS, 2):
+        shape = getattr(kp, "shape", type(kp).__name__)
+        raise UserError(f"{path}: sample {name} has keypoint of shape {shape}, expected [M, T, 17, 2]")
+    if not isinstance(score, np.ndarray) or score.shape != kp.shape[:3]:
+        shape = getattr(score, "shape", type(score).__name__)
+        raise UserError(f"{path}: sample {name} has keypoint_score of shape {shape}, expected {kp.shape[:3]}")
+    if kp.shape[0] == 0 or kp.shape[1] == 0:
+        raise UserError(f"{path}: sample {name} is empty (keypoint shape {kp.shape}); remove it from the pickle")
+    if "total_frames" in ann and ann["total_frames"] != kp.shape[1]:
+        raise UserError(f"{path}: sample {name} has total_frames {ann['total_frames']} "
+                        f"but {kp.shape[1]} frames of keypoints")
+    if not (np.isfinite(kp).all() and np.isfinite(score).all()):
+        raise UserError(f"{path}: sample {name} has NaN or infinite keypoints; fix or remove it")
+    label = ann["label"]
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
+        raise UserError(f"{path}: sample {name} has label {label!r}, expected a non-negative integer")
+    img_shape = ann["img_shape"]
+    if not isinstance(img_shape, (tuple, list, np.ndarray)) or len(img_shape) != 2 or min(img_shape) <= 0:
+        raise UserError(f"{path}: sample {name} has img_shape {img_shape!r}, expected (height, width) > 0")
+    return kp, score
+
+
+@dataclass
+class SkeletonStore:
+    """All samples of a pickle, packed. Sample i's keypoints are rows offset[i]:offset[i+1] of
+    `keypoint`, to be reshaped to [persons[i], frames[i], 17, 2] (`raw_sample(i)`)."""
+
+    keypoint: np.ndarray  # [F, 17, 2], F = sum over samples of persons * frames
+    score: np.ndarray  # [F, 17]
+    offset: np.ndarray  # int64 [S + 1]
+    persons: np.ndarray  # int32 [S]
+    frames: np.ndarray  # int32 [S]
+    label: np.ndarray  # int64 [S]
+    img_hw: np.ndarray  # int32 [S, 2] (height, width)
+    frame_dir: np.ndarray  # str [S]
+    splits: dict  # {split name: int64 array of sample indices}
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def raw_sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keypoint [M, T, 17, 2], keypoint_score [M, T, 17]), views into the store (read-only)."""
+        shape = (int(self.persons[i]), int(self.frames[i]), NUM_COCO_JOINTS)
+        rows = slice(self.offset[i], self.offset[i + 1])
+        return self.keypoint[rows].reshape(shape + (2,)), self.score[rows].reshape(shape)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        if split not in self.splits:
+            available = ", ".join(sorted(self.splits)) or "none"
+            raise UserError(f"split '{split}' is not in {self.source} (available: {available}); "
+                            "check data_split in the config")
+        return self.splits[split]
+
+    @property
+    def raw_nbytes(self) -> int:
+        return self.keypoint.nbytes + self.score.nbytes
+
+
+def pack_annotations(data: dict, path) -> SkeletonStore:
+    """Validate the annotations of a read pickle and pack them into a SkeletonStore."""
+    annotations = data["annotations"]
+    checked = [_check_annotation(ann, i, path) for i, ann in enumerate(annotations)]
+    if not checked:
+        raise UserError(f"{path} holds no annotations")
+    persons = np.array([kp.shape[0] for kp, _ in checked], dtype=np.int32)
+    frames = np.array([kp.shape[1] for kp, _ in checked], dtype=np.int32)
+    offset = np.zeros(len(checked) + 1, dtype=np.int64)
+    np.cumsum(persons.astype(np.int64) * frames, out=offset[1:])
+    kp_dtype = np.result_type(*{kp.dtype for kp, _ in checked})
+    score_dtype = np.result_type(*{score.dtype for _, score in checked})
+    keypoint = np.empty((offset[-1], NUM_COCO_JOINTS, 2), dtype=kp_dtype)
+    score = np.empty((offset[-1], NUM_COCO_JOINTS), dtype=score_dtype)
+    no_keypoints = []
+    for i, (kp, sc) in enumerate(checked):
+        rows = slice(offset[i], offset[i + 1])
+        keypoint[rows] = kp.reshape(-1, NUM_COCO_JOINTS, 2)
+        score[rows] = sc.reshape(-1, NUM_COCO_JOINTS)
+        if not sc.any():
+            no_keypoints.append(annotations[i]["frame_dir"])
+    if no_keypoints:
+        log.warning("%s: %d sample(s) have no keypoint with non-zero confidence (e.g. %s); they are kept and "
+                    "read as all-zero clips", path, len(no_keypoints), no_keypoints[0])
+
+    frame_dir = np.array([str(ann["frame_dir"]) for ann in annotations])
+    position = {name: i for i, name in enumerate(frame_dir)}
+    if len(position) != len(frame_dir):
+        raise UserError(f"{path}: frame_dir values are not unique; each sample needs its own frame_dir")
+    splits = {}
+    for name, members in data["split"].items():
+        found = [position[m] for m in members if m in position]
+        if len(found) < len(members):
+            log.warning("%s: split '%s' lists %d frame_dir(s) without annotation; they are skipped",
+                        path, name, len(members) - len(found))
+        splits[str(name)] = np.array(found, dtype=np.int64)
+    return SkeletonStore(
+        keypoint=keypoint, score=score, offset=offset, persons=persons, frames=frames,
+        label=np.array([int(ann["label"]) for ann in annotations], dtype=np.int64),
+        img_hw=np.array([tuple(int(v) for v in ann["img_shape"]) for ann in annotations], dtype=np.int32),
+        frame_dir=frame_dir, splits=splits, source=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The .npy cache
+
+_ARRAYS = ("keypoint", "score", "offset", "persons", "frames", "label", "img_hw", "frame_dir")
+
+
+def _cache_dir(path: Path) -> Path:
+    return path.parent / ".cache" / path.stem
+
+
+def _fingerprint(path: Path) -> dict:
+    stat = path.stat()
+    return {"format": CACHE_FORMAT, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+
+
+def _write_cache(store: SkeletonStore, cache: Path, fingerprint: dict):
+    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in _ARRAYS:
+        np.save(tmp / f"{name}.npy", getattr(store, name))
+    meta = dict(fingerprint, splits={k: v.tolist() for k, v in store.splits.items()})
+    (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a complete cache
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(tmp, cache)
+
+
+def _read_cache(cache: Path, fingerprint: dict, path: Path):
+    """The cached store, or None when there is no cache or it belongs to another version of the pickle."""
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if any(meta.get(k) != v for k, v in fingerprint.items()):
+        return None
+    try:
+        arrays = {name: np.load(cache / f"{name}.npy", mmap_mode="r" if name in ("keypoint", "score") else None)
+                  for name in _ARRAYS}
+    except (OSError, ValueError):
+        return None
+    splits = {k: np.array(v, dtype=np.int64) for k, v in meta["splits"].items()}
+    return SkeletonStore(**arrays, splits=splits, source=str(path))
+
+
+def load_store(path, use_cache: bool = True) -> SkeletonStore:
+    """The SkeletonStore of a PYSKL pickle, from the cache when it is current."""
+    path = Path(path)
+    if not path.is_file():
+        read_pickle(path)  # raises the "not found" UserError
+    cache, fingerprint = _cache_dir(path), _fingerprint(path)
+    if use_cache:
+        store = _read_cache(cache, fingerprint, path)
+        if store is not None:
+            return store
+    store = pack_annotations(read_pickle(path), path)
+    if use_cache:
+        try:
+            _write_cache(store, cache, fingerprint)
+        except OSError as e:
+            log.warning("could not write the keypoint cache in %s (%s); the pickle will be parsed again "
+                        "on the next start", cache, e)
+            return store
+        return _read_cache(cache, fingerprint, path)
+    return store
