@@ -65,10 +65,12 @@ def track_two_persons(keypoint: np.ndarray, score: np.ndarray):
     puts it in the slot of the track it is nearest to. Scores are reordered with the coordinates.
     keypoint [2, T, 17, 2], score [2, T, 17] -> new arrays of the same shapes.
     """
+    if keypoint.shape[0] != 2:
+        return keypoint, score
     visible = score > 0  # [2, T, 17]
     present = visible.any(-1)  # [2, T]
     both = np.flatnonzero(present[0] & present[1])
-    if keypoint.shape[0] != 2 or len(both) == 0:
+    if len(both) == 0:
         return keypoint, score
     # Parity of the slot order at each frame where both are present, relative to the first such frame.
     a, b = both[:-1], both[1:]

@@ -54,8 +54,8 @@ def read_pickle(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"dataset pickle not found: {path}. Download it into {path.parent}/ "
-                        "(see data/action/README.md) or generate one with "
-                        f"'python -m lib.data.synthetic --preset demo --out {path}'")
+                        "(see data/action/README.md) or write a synthetic stand-in with "
+                        f"'python -m lib.data.synthetic --preset demo|ntu60|ntu120 --out {path}'")
     try:
         with open(path, "rb") as f:
             data = RestrictedUnpickler(f).load()
