@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_PKL := data/action/demo_synthetic.pkl
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test
 
 setup: $(VENV)/.installed
 
@@ -15,11 +15,11 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(DEMO_PKL): | setup
+$(DEMO_PKL): lib/data/synthetic.py | setup
 	$(PY) -m lib.data.synthetic --preset demo --out $(DEMO_PKL) --seed 0
 
 demo: setup $(DEMO_PKL)
-	$(PY) -m lib.demo --config configs/action/demo_synthetic.yaml
+	$(PY) -m lib.data.summary --config configs/action/demo_synthetic.yaml
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -1,0 +1,130 @@
+"""Data pipeline benchmark: generation, load time and peak memory (first and second start),
+__getitem__ time, and DataLoader throughput. Prints a table and writes JSON.
+
+    python benchmarks/bench_data.py [--preset ntu120] [--pickle PATH] [--quick] [--out benchmarks/results/data.json]
+
+The first start parses the pickle and writes the keypoint cache; the second start memory-maps it.
+Each start runs in a fresh process, so its peak RSS is its own.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Runs in a child process: load the store, build both datasets, report time and peak RSS.
+LOAD_CHILD = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+start = time.perf_counter()
+from lib.config import DataConfig
+from lib.data.dataset import ActionDataset
+from lib.data.pyskl import load_store
+store = load_store({pickle!r})
+cfg = DataConfig(dataset={dataset!r}, data_root={data_root!r}, data_split={split!r}, action_classes={classes})
+train, val = ActionDataset(store, cfg, train=True), ActionDataset(store, cfg, train=False)
+seconds = time.perf_counter() - start
+print(json.dumps(dict(seconds=seconds, peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      raw_bytes=int(store.raw_nbytes), samples=len(store), train=len(train), val=len(val))))
+"""
+
+
+def run_load(pickle: Path, split: str, classes: int) -> dict:
+    code = LOAD_CHILD.format(root=str(ROOT), pickle=str(pickle), dataset=pickle.stem, data_root=str(pickle.parent),
+                             split=split, classes=classes)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def time_getitem(dataset, count: int) -> float:
+    """Mean milliseconds per __getitem__ over `count` evenly spread samples."""
+    step = max(1, len(dataset) // count)
+    indices = range(0, len(dataset), step)[:count]
+    start = time.perf_counter()
+    for i in indices:
+        dataset[i]
+    return (time.perf_counter() - start) / len(indices) * 1000
+
+
+def loader_throughput(dataset, workers: int, batches: int, batch_size: int = 8) -> float:
+    import torch
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         drop_last=True)
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is not throughput
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="ntu120", choices=["demo", "ntu60", "ntu120"])
+    p.add_argument("--pickle", type=Path, default=None, help="use this pickle instead of generating one")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/bench_data"))
+    p.add_argument("--quick", action="store_true", help="demo-size data and fewer reads")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/data.json")
+    args = p.parse_args()
+    from lib.config import DataConfig
+    from lib.data import synthetic
+    from lib.data.dataset import ActionDataset
+    from lib.data.pyskl import load_store
+
+    preset = "demo" if args.quick else args.preset
+    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+              "preset": preset}
+    pickle = args.pickle
+    if pickle is None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        pickle = args.workdir / f"{preset}_synthetic.pkl"
+        start = time.perf_counter()
+        synthetic.write_pickle(synthetic.generate(preset, seed=0), pickle)
+        result["generate_seconds"] = time.perf_counter() - start
+    result["pickle_bytes"] = pickle.stat().st_size
+    is_ntu120 = preset == "ntu120" or "120" in pickle.stem
+    split, classes = ("xsub", 120) if is_ntu120 else ("xsub", 60)
+
+    shutil.rmtree(pickle.parent / ".cache" / pickle.stem, ignore_errors=True)
+    result["first_start"] = run_load(pickle, split, classes)
+    result["second_start"] = run_load(pickle, split, classes)
+
+    store = load_store(pickle)
+    cfg = DataConfig(dataset=pickle.stem, data_root=str(pickle.parent), data_split=split, action_classes=classes)
+    train, val = ActionDataset(store, cfg, train=True), ActionDataset(store, cfg, train=False)
+    reads = 200 if args.quick else 2000
+    result["getitem_ms"] = {"train": time_getitem(train, reads), "test": time_getitem(val, reads)}
+    batches = 10 if args.quick else 50
+    result["loader_samples_per_s"] = {str(w): loader_throughput(train, w, batches) for w in (0, 1, 2)}
+
+    raw = result["second_start"]["raw_bytes"]
+    rows = [("samples", result["first_start"]["samples"]), ("pickle size", f"{result['pickle_bytes'] / 2**20:.0f} MiB"),
+            ("raw keypoint bytes", f"{raw / 2**20:.0f} MiB")]
+    if "generate_seconds" in result:
+        rows.insert(0, ("generate + write", f"{result['generate_seconds']:.1f} s"))
+    for start in ("first_start", "second_start"):
+        r = result[start]
+        rows.append((f"{start.replace('_', ' ')}: ready", f"{r['seconds']:.2f} s"))
+        rows.append((f"{start.replace('_', ' ')}: peak RSS", f"{r['peak_rss'] / 2**20:.0f} MiB "
+                                                              f"({r['peak_rss'] / raw:.2f} x raw)"))
+    rows += [("__getitem__ train", f"{result['getitem_ms']['train']:.2f} ms"),
+             ("__getitem__ test", f"{result['getitem_ms']['test']:.2f} ms")]
+    rows += [(f"DataLoader, {w} workers", f"{v:.0f} samples/s") for w, v in result["loader_samples_per_s"].items()]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
