@@ -115,7 +115,7 @@ def resample_indices(num_frames: int, clip_len: int, rng: np.random.Generator = 
 def normalize_to_image(xy: np.ndarray, img_hw) -> np.ndarray:
     """Pixels to [-1, 1] along the longer image side; the same divisor on both axes keeps the aspect ratio
     (for 1920x1080: x in [-1, 1], y in [-1, 0.125])."""
-    return xy / max(img_hw) * 2.0 - 1.0
+    return xy / float(max(img_hw)) * 2.0 - 1.0
 
 
 def coco_to_h36m(xy: np.ndarray, score: np.ndarray, legacy_conf_order: bool = False):

@@ -11,6 +11,7 @@ the pickle and memory-mapped on later starts, so a second start takes about a se
 workers share the pages instead of copying them. The cache is rebuilt when the pickle's size or
 modification time changes.
 """
+import _compat_pickle
 import json
 import logging
 import os
@@ -44,7 +45,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles builtin containers and numpy arrays; refuses every other global (no code can run)."""
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
+        # Protocol 0-2 pickles name builtins the Python 2 way (__builtin__.set); compare modern names.
+        modern = _compat_pickle.NAME_MAPPING.get(
+            (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+        if modern in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused global '{module}.{name}'")
 
@@ -60,12 +64,15 @@ def read_pickle(path) -> dict:
         with open(path, "rb") as f:
             data = RestrictedUnpickler(f).load()
     except pickle.UnpicklingError as e:
-        if str(e).startswith("refused global"):
-            raise UserError(f"refusing to load {path}: it is not plain skeleton data ({e}); "
+        reason = " ".join(str(e).split())
+        if reason.startswith("refused global"):
+            raise UserError(f"refusing to load {path}: it is not plain skeleton data ({reason}); "
                             "only builtins and numpy arrays are allowed, so nothing in it was run") from None
-        raise UserError(f"cannot read {path}: corrupt or truncated pickle ({e}); download it again") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError, ImportError) as e:
-        raise UserError(f"cannot read {path}: corrupt or truncated pickle ({type(e).__name__}: {e}); "
+        raise UserError(f"cannot read {path}: corrupt or truncated pickle ({reason}); download it again") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError, ImportError,
+            OverflowError) as e:
+        reason = " ".join(str(e).split())
+        raise UserError(f"cannot read {path}: corrupt or truncated pickle ({type(e).__name__}: {reason}); "
                         "download it again") from None
     if not isinstance(data, dict) or "split" not in data or "annotations" not in data:
         raise UserError(f"{path} is not a PYSKL skeleton pickle: expected a dict with 'split' and 'annotations'")
