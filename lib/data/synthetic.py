@@ -34,7 +34,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,9 +134,11 @@ def is_interaction(label: int) -> bool:
 CHANNELS = ("root_x", "root_y", "root_z", "turn", "crouch", "lean", "bend", "twist", "head_pitch", "head_yaw",
             "l_arm_elev", "l_arm_azim", "l_elbow", "r_arm_elev", "r_arm_azim", "r_elbow",
             "l_hip", "l_knee", "r_hip", "r_knee")
+CHANNEL_INDEX = {name: i for i, name in enumerate(CHANNELS)}
 NEUTRAL = {"l_arm_elev": 0.12, "r_arm_elev": 0.12, "l_arm_azim": 0.4, "r_arm_azim": 0.4,
            "l_elbow": 0.2, "r_elbow": 0.2, "l_knee": 0.05, "r_knee": 0.05}
-PARAMS = ("base", "amp", "cycles", "phase", "ramp", "ramp_start", "ramp_end", "pulse", "pulse_at", "pulse_width")
+PARAMS = ("base", "amp", "cycles", "phase", "ramp", "ramp_start", "ramp_end", "pulse", "pulse_at",
+          "pulse_width")
 PARAM_INDEX = {name: i for i, name in enumerate(PARAMS)}  # column of each parameter in a compiled program
 
 
@@ -216,7 +217,7 @@ DEMO_ACTIONS = {
     58: ("handshaking", Action(tuple(
         {"r_arm_elev": Channel(pulse=0.8, pulse_at=0.5, pulse_width=0.25),
          "r_arm_azim": Channel(base=-0.45), "r_elbow": Channel(base=0.7, amp=0.15, cycles=5.0)}
-        for _ in range(2)), distance=0.8)),
+        for _ in range(2)), distance=0.7)),
 }
 
 # Value range a drawn program may hold or move a channel to.
@@ -236,32 +237,38 @@ def _neutral(name: str) -> float:
     return NEUTRAL.get(name, 0.0)
 
 
+def _uniform(rng, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
 def _mirrored(name: str) -> str:
     return {"l": "r", "r": "l"}[name[0]] + name[1:]
 
 
-def draw_motion(rng, num_postures: int, num_moves: int) -> dict:
+def draw_motion(rng, num_postures: int, num_moves: int, movable=tuple(PROCEDURAL_RANGES)) -> dict:
     """A random program: held values for `num_postures` channels and one wave, ramp or bump each for
-    `num_moves` channels; a moving arm or leg channel is copied to the other side a third of the time."""
+    `num_moves` of the `movable` channels; a moving arm or leg channel is copied to the other side a third
+    of the time."""
     motion = {}
     for name in map(str, rng.choice(POSTURE_CHANNELS, num_postures, replace=False)):
         low, high = PROCEDURAL_RANGES[name]
-        motion[name] = Channel(base=float(rng.uniform(low, high)))
-    for name in map(str, rng.choice(tuple(PROCEDURAL_RANGES), num_moves, replace=False)):
+        motion[name] = Channel(base=_uniform(rng, low, high))
+    for name in map(str, rng.choice(movable, num_moves, replace=False)):
         low, high = PROCEDURAL_RANGES[name]
         base = motion[name].base if name in motion else _neutral(name)
         towards_far_end = 1.0 if high - base > base - low else -1.0
-        span = towards_far_end * float(rng.uniform(0.4, 1.0)) * (high - low)
+        span = towards_far_end * _uniform(rng, 0.4, 1.0) * (high - low)
         kind = rng.integers(3)
         if kind == 0:
-            channel = Channel(base=base + span / 2, amp=span / 2, cycles=float(rng.uniform(1.5, 6.0)),
-                              phase=float(rng.uniform(0, 2 * math.pi)))
+            channel = Channel(base=base + span / 2, amp=span / 2, cycles=_uniform(rng, 1.5, 6.0),
+                              phase=_uniform(rng, 0.0, 2 * math.pi))
         elif kind == 1:
-            start = float(rng.uniform(0.1, 0.5))
-            channel = Channel(base=base, ramp=span, ramp_start=start, ramp_end=start + float(rng.uniform(0.15, 0.4)))
+            start = _uniform(rng, 0.1, 0.5)
+            end = start + _uniform(rng, 0.15, 0.4)
+            channel = Channel(base=base, ramp=span, ramp_start=start, ramp_end=end)
         else:
-            channel = Channel(base=base, pulse=span, pulse_at=float(rng.uniform(0.3, 0.7)),
-                              pulse_width=float(rng.uniform(0.06, 0.18)))
+            channel = Channel(base=base, pulse=span, pulse_at=_uniform(rng, 0.3, 0.7),
+                              pulse_width=_uniform(rng, 0.06, 0.18))
         motion[name] = channel
         if name[:2] in ("l_", "r_") and rng.random() < 1 / 3:
             motion[_mirrored(name)] = channel
@@ -276,13 +283,15 @@ def draw_action(action: int) -> Action:
     actor = draw_motion(rng, num_postures=1, num_moves=int(rng.integers(0, 2)))
     sides = ("l", "r") if rng.random() < 0.3 else (str(rng.choice(("l", "r"))),)
     for side in sides:  # reach towards the partner
-        actor[f"{side}_arm_elev"] = Channel(pulse=float(rng.uniform(1.0, 1.7)), pulse_at=float(rng.uniform(0.35, 0.6)),
-                                            pulse_width=float(rng.uniform(0.08, 0.25)))
-        actor[f"{side}_arm_azim"] = Channel(base=float(rng.uniform(-0.4, 0.3)))
-        actor[f"{side}_elbow"] = Channel(base=float(rng.uniform(0.0, 1.2)))
-    actor["root_z"] = Channel(ramp=float(rng.uniform(-0.3, 0.5)), ramp_start=float(rng.uniform(0.1, 0.4)))
-    receiver = draw_motion(rng, num_postures=1, num_moves=1)
-    return Action((actor, receiver), distance=float(rng.uniform(0.8, 1.4)))
+        actor[f"{side}_arm_elev"] = Channel(pulse=_uniform(rng, 1.0, 1.7), pulse_at=_uniform(rng, 0.35, 0.6),
+                                            pulse_width=_uniform(rng, 0.08, 0.25))
+        actor[f"{side}_arm_azim"] = Channel(base=_uniform(rng, -0.4, 0.3))
+        actor[f"{side}_elbow"] = Channel(base=_uniform(rng, 0.0, 1.2))
+    distance = _uniform(rng, 0.7, 1.2)
+    approach = _uniform(rng, 0.0, distance - 0.5)  # metres the actor steps towards the receiver
+    actor["root_z"] = Channel(ramp=approach, ramp_start=_uniform(rng, 0.1, 0.4))
+    receiver = draw_motion(rng, num_postures=1, num_moves=1, movable=POSTURE_CHANNELS)  # reacts in place
+    return Action((actor, receiver), distance=distance)
 
 
 def action_program(action: int) -> Action:
@@ -329,7 +338,8 @@ def animate(program: np.ndarray, num_frames: int) -> np.ndarray:
     u = np.linspace(0.0, 1.0, num_frames)  # [T] progress through the clip
     p = {name: program[..., i, None] for name, i in PARAM_INDEX.items()}  # each [people, channels, 1]
     wave = p["amp"] * np.sin(2 * math.pi * p["cycles"] * u + p["phase"])
-    ramp_progress = np.clip((u - p["ramp_start"]) / np.maximum(p["ramp_end"] - p["ramp_start"], 0.02), 0.0, 1.0)
+    ramp_duration = np.maximum(p["ramp_end"] - p["ramp_start"], 0.02)
+    ramp_progress = np.clip((u - p["ramp_start"]) / ramp_duration, 0.0, 1.0)
     ramp = p["ramp"] * ramp_progress * ramp_progress * (3.0 - 2.0 * ramp_progress)  # smoothstep
     pulse = p["pulse"] * np.exp(-0.5 * ((u - p["pulse_at"]) / p["pulse_width"]) ** 2)
     return p["base"] + wave + ramp + pulse
@@ -344,74 +354,76 @@ SPINE, SHOULDER_HALF_WIDTH, UPPER_ARM, FOREARM, NECK = 0.52, 0.19, 0.30, 0.27, 0
 
 
 def _vec(x, y, z) -> np.ndarray:
-    """Stack components (arrays [people, T] or scalars) into points [people, T, 3]."""
-    return np.stack(np.broadcast_arrays(x, y, z), axis=-1)
+    """Stack components (broadcastable arrays or scalars) into points [..., 3]."""
+    out = np.empty(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)) + (3,))
+    out[..., 0], out[..., 1], out[..., 2] = x, y, z
+    return out
 
 
 def rotate_y(points: np.ndarray, angle) -> np.ndarray:
     """Rotate points [..., 3] about the vertical axis by `angle` (broadcast against points[..., 0]);
     a positive angle turns +z (forward) towards +x."""
-    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    x, z = points[..., 0], points[..., 2]
     cos, sin = np.cos(angle), np.sin(angle)
-    return np.stack(np.broadcast_arrays(x * cos + z * sin, y, z * cos - x * sin), axis=-1)
+    return _vec(x * cos + z * sin, points[..., 1], z * cos - x * sin)
 
 
-def _limb_frame(elev, azim, side: float):
-    """Unit vectors [people, T, 3] of an arm at (elevation, azimuth), and the direction its elbow bends to."""
-    along = _vec(side * np.sin(elev) * np.sin(azim), -np.cos(elev), np.sin(elev) * np.cos(azim))
-    bend = _vec(side * np.cos(elev) * np.sin(azim), np.sin(elev), np.cos(elev) * np.cos(azim))
-    return along, bend
+SIDES = np.array([[1.0], [-1.0]])  # [2, 1]: left joints lie towards +x, right joints towards -x
+
+
+def _left_right(channels: np.ndarray, name: str) -> np.ndarray:
+    """Values [people, 2, T] of the pair l_<name>, r_<name> from channel values [people, channels, T]."""
+    return channels[:, [CHANNEL_INDEX[f"l_{name}"], CHANNEL_INDEX[f"r_{name}"]]]
 
 
 def pose_bodies(channels: np.ndarray, heights: np.ndarray) -> np.ndarray:
     """COCO-17 joints [people, T, 17, 3] in metres of bodies posed by channel values [people, channels, T];
-    each body stands at the origin of its own frame (x left, y up, z forward), feet on the ground."""
-    ch = dict(zip(CHANNELS, channels.transpose(1, 0, 2)))  # name -> [people, T]
-    s = (heights / REFERENCE_HEIGHT)[:, None, None]  # [people, 1, 1] body scale
+    each body stands at the origin of its own frame (x left, y up, z forward), feet on the ground.
+    Paired joints are computed for both sides at once, on a side axis of length 2 (left, right)."""
+    ch = dict(zip(CHANNELS, channels.transpose(1, 0, 2)[:, :, None]))  # name -> [people, 1, T]
+    s = (heights / REFERENCE_HEIGHT)[:, None, None, None]  # [people, 1, 1, 1] body scale, for points
 
-    hip_flex = {side: ch[f"{side}_hip"] + 1.4 * ch["crouch"] for side in "lr"}  # [people, T]
-    knee_flex = {side: ch[f"{side}_knee"] + 1.5 * ch["crouch"] for side in "lr"}
-    leg_height = {side: THIGH * np.cos(hip_flex[side]) + SHIN * np.cos(hip_flex[side] - knee_flex[side])
-                  for side in "lr"}  # [people, T] height of the hip above the ankle, for a reference body
-    pelvis_height = s[..., 0] * np.maximum(leg_height["l"], leg_height["r"]) + ch["root_y"]  # lower foot on the floor
+    crouch = ch["crouch"]
+    hip_flex = _left_right(channels, "hip") + 1.4 * crouch  # [people, 2, T]
+    shin_angle = hip_flex - (_left_right(channels, "knee") + 1.5 * crouch)
+    leg_height = THIGH * np.cos(hip_flex) + SHIN * np.cos(shin_angle)  # hip above ankle, reference body
+    pelvis_height = s[..., 0] * leg_height.max(axis=1, keepdims=True) + ch["root_y"]  # [people, 1, T]
+    hips = _vec(SIDES * HIP_HALF_WIDTH * s[..., 0], pelvis_height, 0.0)  # [people, 2, T, 3]
+    knees = hips + THIGH * s * _vec(0.0, -np.cos(hip_flex), np.sin(hip_flex))
+    ankles = knees + SHIN * s * _vec(0.0, -np.cos(shin_angle), np.sin(shin_angle))
 
-    joints = {}
-    for side, sign in (("left", 1.0), ("right", -1.0)):
-        flex, knee = hip_flex[side[0]], knee_flex[side[0]]
-        joints[f"{side}_hip"] = _vec(sign * HIP_HALF_WIDTH * s[..., 0], pelvis_height, 0.0)
-        joints[f"{side}_knee"] = joints[f"{side}_hip"] + THIGH * s * _vec(0.0, -np.cos(flex), np.sin(flex))
-        joints[f"{side}_ankle"] = joints[f"{side}_knee"] + SHIN * s * _vec(0.0, -np.cos(flex - knee), np.sin(flex - knee))
-
-    lean = ch["lean"] + 0.25 * ch["crouch"]
+    lean = ch["lean"] + 0.25 * crouch  # [people, 1, T]
     bend, twist = ch["bend"], ch["twist"]
-    spine = _vec(np.sin(bend) * np.cos(lean), np.cos(bend) * np.cos(lean), np.sin(lean))
+    spine = _vec(np.sin(bend) * np.cos(lean), np.cos(bend) * np.cos(lean), np.sin(lean))  # [people, 1, T, 3]
     neck = _vec(0.0, pelvis_height, 0.0) + SPINE * s * spine
     across = _vec(np.cos(twist), 0.0, -np.sin(twist))  # towards the left shoulder
-    for side, sign in (("left", 1.0), ("right", -1.0)):
-        shoulder = neck + sign * SHOULDER_HALF_WIDTH * s * across
-        along, bend_to = _limb_frame(ch[f"{side[0]}_arm_elev"], ch[f"{side[0]}_arm_azim"], sign)
-        along, bend_to = rotate_y(along, twist), rotate_y(bend_to, twist)
-        elbow_flex = ch[f"{side[0]}_elbow"][..., None]
-        forearm = np.cos(elbow_flex) * along + np.sin(elbow_flex) * bend_to
-        joints[f"{side}_shoulder"] = shoulder
-        joints[f"{side}_elbow"] = shoulder + UPPER_ARM * s * along
-        joints[f"{side}_wrist"] = joints[f"{side}_elbow"] + FOREARM * s * forearm
+    shoulders = neck + SHOULDER_HALF_WIDTH * s * SIDES[..., None] * across  # [people, 2, T, 3]
+
+    # Arm direction: down at elevation 0, forward at (pi/2, azimuth 0), outward at (pi/2, pi/2); the elbow
+    # bends it towards `bend_to`, its direction at elevation + pi/2. Both turn with the shoulders.
+    elev, azim = _left_right(channels, "arm_elev"), _left_right(channels, "arm_azim")  # [people, 2, T]
+    sin_elev, cos_elev, sin_azim, cos_azim = np.sin(elev), np.cos(elev), np.sin(azim), np.cos(azim)
+    along = rotate_y(_vec(SIDES * sin_elev * sin_azim, -cos_elev, sin_elev * cos_azim), twist)
+    bend_to = rotate_y(_vec(SIDES * cos_elev * sin_azim, sin_elev, cos_elev * cos_azim), twist)
+    elbow_flex = _left_right(channels, "elbow")[..., None]  # [people, 2, T, 1]
+    elbows = shoulders + UPPER_ARM * s * along
+    wrists = elbows + FOREARM * s * (np.cos(elbow_flex) * along + np.sin(elbow_flex) * bend_to)
 
     tilt = lean + ch["head_pitch"]
     facing = twist + ch["head_yaw"]
     head_up = _vec(np.sin(bend) * np.cos(tilt), np.cos(bend) * np.cos(tilt), np.sin(tilt))
     head = neck + NECK * s * head_up
     face = _vec(np.sin(facing) * np.cos(tilt), -np.sin(tilt), np.cos(facing) * np.cos(tilt))
-    head_left = _vec(np.cos(facing), 0.0, -np.sin(facing))
-    joints["nose"] = head + s * (0.10 * face - 0.02 * head_up)
-    for side, sign in (("left", 1.0), ("right", -1.0)):
-        joints[f"{side}_eye"] = head + s * (0.085 * face + 0.03 * head_up + sign * 0.035 * head_left)
-        joints[f"{side}_ear"] = head + s * (sign * 0.075 * head_left)
+    sideways = SIDES[..., None] * _vec(np.cos(facing), 0.0, -np.sin(facing))  # [people, 2, T, 3] outwards
+    nose = head + s * (0.10 * face - 0.02 * head_up)
+    eyes = head + s * (0.085 * face + 0.03 * head_up + 0.035 * sideways)
+    ears = head + s * (0.075 * sideways)
 
-    body = np.stack([joints[name] for name in COCO_JOINTS], axis=2)  # [people, T, 17, 3]
-    body = rotate_y(body, ch["turn"][..., None])
-    body[..., 0] += ch["root_x"][..., None]
-    body[..., 2] += ch["root_z"][..., None]
+    parts = (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)  # in COCO-17 order
+    body = np.concatenate(parts, axis=1)  # [people, 17, T, 3]
+    body = rotate_y(body.transpose(0, 2, 1, 3), ch["turn"].transpose(0, 2, 1))  # [people, T, 17, 3]
+    body[..., 0] += ch["root_x"].transpose(0, 2, 1)
+    body[..., 2] += ch["root_z"].transpose(0, 2, 1)
     return body
 
 
@@ -442,7 +454,7 @@ def _golden_fraction(n: int) -> float:
 
 
 def make_camera(setup: int, camera: int, rng) -> Camera:
-    """The camera of a sample: angle from the camera id, distance and height from the setup id, plus jitter."""
+    """The camera of a sample: angle from the camera id, distance and height from the setup id; jittered."""
     return Camera(yaw=CAMERA_YAW[camera] + rng.normal(0.0, 0.08),
                   distance=2.7 + 1.2 * _golden_fraction(setup) + rng.normal(0.0, 0.05),
                   height=0.7 + 0.6 * _golden_fraction(setup + 7) + rng.normal(0.0, 0.03),
@@ -457,7 +469,7 @@ def project(points: np.ndarray, camera: Camera) -> np.ndarray:
     right = dx * cos - dz * sin
     depth = np.maximum(-(dx * sin + dz * cos), 0.3)
     up = points[..., 1] - camera.height
-    return np.stack([camera.cx + FOCAL_LENGTH * right / depth, camera.cy - FOCAL_LENGTH * up / depth], axis=-1)
+    return np.stack([camera.cx + FOCAL_LENGTH * right / depth, camera.cy - FOCAL_LENGTH * up / depth], -1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -502,7 +514,8 @@ def detect(keypoint: np.ndarray, rng) -> tuple:
 
 def bystander(num_frames: int, camera: Camera, rng) -> tuple:
     """A spurious low-confidence detection: a still person far behind, seen only in part of the clip."""
-    body = pose_bodies(animate(compile_action(Action(({},))), num_frames), np.array([rng.uniform(1.5, 1.9)]))[0]
+    standing = animate(compile_action(Action(({},))), num_frames)  # [1, channels, T]
+    body = pose_bodies(standing, np.array([rng.uniform(1.5, 1.9)]))[0]
     body = place(body, rng.uniform(-math.pi, math.pi), rng.uniform(-2.0, 2.0), rng.uniform(-4.0, -2.0))
     keypoint = project(body, camera) + rng.normal(0.0, 6.0, (num_frames, NUM_JOINTS, 2))
     keypoint = np.clip(keypoint, 0.0, [IMG_SHAPE[1] - 1, IMG_SHAPE[0] - 1])
@@ -586,8 +599,8 @@ def draw_sample_ids(preset: Preset, num_samples: int, rng) -> list:
         for performers, n in ((train_performers, num_train), (val_performers, count - num_train)):
             grid = (spec.num_setups, NUM_CAMERAS, len(performers), NUM_REPLICATIONS)
             if n > math.prod(grid):
-                raise ValueError(f"too many samples: {preset.dataset} has only {math.prod(grid)} ids per action "
-                                 "and performer group")
+                raise ValueError(f"too many samples: {preset.dataset} has only {math.prod(grid)} ids per "
+                                 "action and performer group")
             cells = rng.choice(math.prod(grid), size=n, replace=False)
             for setup, camera, performer, replication in zip(*np.unravel_index(cells, grid)):
                 ids.append((int(setup) + 1, int(camera) + 1, int(performers[performer]), int(replication) + 1,
@@ -596,7 +609,7 @@ def draw_sample_ids(preset: Preset, num_samples: int, rng) -> list:
 
 
 def draw_length(preset: Preset, action: int, rng) -> int:
-    """Number of frames: an action-specific median times a log-normal factor, clipped to the preset's range."""
+    """Number of frames: an action-specific median times a log-normal factor, clipped to the preset range."""
     low, high = preset.typical_frames
     median = low + (high - low) * _golden_fraction(action + 3)
     return int(np.clip(round(median * math.exp(rng.normal(0.0, 0.35))), preset.min_frames, preset.max_frames))
@@ -633,14 +646,13 @@ def generate(preset: str, seed: int = 0, num_samples: int | None = None, progres
 def write_pickle(data: dict, path) -> None:
     """Write `data` as a pickle (protocol 4) atomically: into a temporary file beside `path`, then renamed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             pickle.dump(data, f, protocol=4)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv=None) -> None:
@@ -654,13 +666,15 @@ def main(argv=None) -> None:
         parser.error("--seed must be >= 0")
     if args.num_samples is not None and args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; give the path of the pickle to write")
 
     start = time.perf_counter()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
         data = generate(args.preset, args.seed, args.num_samples, progress=True)
     except ValueError as e:
         parser.error(str(e))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_pickle(data, args.out)
     num_classes = len({ann["label"] for ann in data["annotations"]})
     print(f"wrote {args.out}: {len(data['annotations'])} samples, {num_classes} classes, "
