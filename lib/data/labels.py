@@ -18,7 +18,7 @@ def class_names(num_classes: int, label_map=None) -> list[str]:
         return [f"class {k}" for k in range(num_classes)]
     if not path.is_file():
         raise UserError(f"label map not found: {path} (data.label_map: one class name a line)")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip().rstrip(".") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(names) != num_classes:
         raise UserError(f"label map {path} has {len(names)} class names but action_classes is {num_classes}")
     return names
