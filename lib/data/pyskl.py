@@ -6,17 +6,20 @@ order and pixels, `keypoint_score` [M, T, 17]).
 
 `load_store(path)` reads such a file with an unpickler that admits only builtins and numpy arrays,
 validates every sample, and packs the variable-length keypoints of all samples into one contiguous
-array with offsets (`SkeletonStore`). The packed arrays are cached as .npy files in `.cache/` beside
-the pickle and memory-mapped on later starts, so a second start takes about a second and DataLoader
-workers share the pages instead of copying them. The cache is rebuilt when the pickle's size or
-modification time changes.
+array with offsets (`SkeletonStore`). The packed arrays are written as .npy files to `.cache/` beside
+the pickle and memory-mapped, so a second start takes well under a second, memory holds the keypoints
+once, and DataLoader workers share the pages instead of copying them. The cache is rebuilt when the
+pickle's size or modification time changes.
 """
 import _compat_pickle
+import concurrent.futures
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,31 +152,22 @@ class SkeletonStore:
         return self.keypoint.nbytes + self.score.nbytes
 
 
-def pack_annotations(data: dict, path) -> SkeletonStore:
-    """Validate the annotations of a read pickle and pack them into a SkeletonStore."""
+def _write_npy_stream(path: Path, dtype, shape, parts):
+    """Write an .npy file part by part (C order), so the whole array never exists in memory."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+        for part in parts:
+            f.write(memoryview(np.ascontiguousarray(part, dtype=dtype)).cast("B"))
+
+
+def pack_to_folder(data: dict, path, folder: Path, fingerprint: dict):
+    """Validate the annotations of a read pickle and write them, packed, as .npy files plus meta.json
+    into `folder` (the layout `open_packed` maps)."""
     annotations = data["annotations"]
     checked = [_check_annotation(ann, i, path) for i, ann in enumerate(annotations)]
     if not checked:
         raise UserError(f"{path} holds no annotations")
-    persons = np.array([kp.shape[0] for kp, _ in checked], dtype=np.int32)
-    frames = np.array([kp.shape[1] for kp, _ in checked], dtype=np.int32)
-    offset = np.zeros(len(checked) + 1, dtype=np.int64)
-    np.cumsum(persons.astype(np.int64) * frames, out=offset[1:])
-    kp_dtype = np.result_type(*{kp.dtype for kp, _ in checked})
-    score_dtype = np.result_type(*{score.dtype for _, score in checked})
-    keypoint = np.empty((offset[-1], NUM_COCO_JOINTS, 2), dtype=kp_dtype)
-    score = np.empty((offset[-1], NUM_COCO_JOINTS), dtype=score_dtype)
-    no_keypoints = []
-    for i, (kp, sc) in enumerate(checked):
-        rows = slice(offset[i], offset[i + 1])
-        keypoint[rows] = kp.reshape(-1, NUM_COCO_JOINTS, 2)
-        score[rows] = sc.reshape(-1, NUM_COCO_JOINTS)
-        if not sc.any():
-            no_keypoints.append(annotations[i]["frame_dir"])
-    if no_keypoints:
-        log.warning("%s: %d sample(s) have no keypoint with non-zero confidence (e.g. %s); they are kept and "
-                    "read as all-zero clips", path, len(no_keypoints), no_keypoints[0])
-
     frame_dir = np.array([str(ann["frame_dir"]) for ann in annotations])
     position = {name: i for i, name in enumerate(frame_dir)}
     if len(position) != len(frame_dir):
@@ -184,16 +178,52 @@ def pack_annotations(data: dict, path) -> SkeletonStore:
         if len(found) < len(members):
             log.warning("%s: split '%s' lists %d frame_dir(s) without annotation; they are skipped",
                         path, name, len(members) - len(found))
-        splits[str(name)] = np.array(found, dtype=np.int64)
-    return SkeletonStore(
-        keypoint=keypoint, score=score, offset=offset, persons=persons, frames=frames,
-        label=np.array([int(ann["label"]) for ann in annotations], dtype=np.int64),
-        img_hw=np.array([tuple(int(v) for v in ann["img_shape"]) for ann in annotations], dtype=np.int32),
-        frame_dir=frame_dir, splits=splits, source=str(path))
+        splits[str(name)] = found
+    no_keypoints = [frame_dir[i] for i, (_, score) in enumerate(checked) if not score.any()]
+    if no_keypoints:
+        log.warning("%s: %d sample(s) have no keypoint with non-zero confidence (e.g. %s); they are kept and "
+                    "read as all-zero clips", path, len(no_keypoints), no_keypoints[0])
+
+    persons = np.array([kp.shape[0] for kp, _ in checked], dtype=np.int32)
+    frames = np.array([kp.shape[1] for kp, _ in checked], dtype=np.int32)
+    offset = np.zeros(len(checked) + 1, dtype=np.int64)
+    np.cumsum(persons.astype(np.int64) * frames, out=offset[1:])
+    rows = int(offset[-1])
+    _write_npy_stream(folder / "keypoint.npy", np.result_type(*{kp.dtype for kp, _ in checked}),
+                      (rows, NUM_COCO_JOINTS, 2), (kp for kp, _ in checked))
+    _write_npy_stream(folder / "score.npy", np.result_type(*{score.dtype for _, score in checked}),
+                      (rows, NUM_COCO_JOINTS), (score for _, score in checked))
+    small = {
+        "offset": offset, "persons": persons, "frames": frames, "frame_dir": frame_dir,
+        "label": np.array([int(ann["label"]) for ann in annotations], dtype=np.int64),
+        "img_hw": np.array([tuple(int(v) for v in ann["img_shape"]) for ann in annotations], dtype=np.int32),
+    }
+    for name, array in small.items():
+        np.save(folder / f"{name}.npy", array)
+    # Written last: its presence marks a complete folder.
+    (folder / "meta.json").write_text(json.dumps(dict(fingerprint, splits=splits)))
+
+
+def open_packed(folder: Path, fingerprint: dict, path):
+    """The store in a packed folder (keypoints memory-mapped), or None when the folder is missing,
+    incomplete, or made from another version of the pickle."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if any(meta.get(k) != v for k, v in fingerprint.items()):
+        return None
+    try:
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r" if name in ("keypoint", "score") else None)
+                  for name in _ARRAYS}
+    except (OSError, ValueError):
+        return None
+    splits = {k: np.array(v, dtype=np.int64) for k, v in meta["splits"].items()}
+    return SkeletonStore(**arrays, splits=splits, source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The .npy cache
+# The cache
 
 _ARRAYS = ("keypoint", "score", "offset", "persons", "frames", "label", "img_hw", "frame_dir")
 
@@ -207,52 +237,44 @@ def _fingerprint(path: Path) -> dict:
     return {"format": CACHE_FORMAT, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
 
 
-def _write_cache(store: SkeletonStore, cache: Path, fingerprint: dict):
-    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in _ARRAYS:
-        np.save(tmp / f"{name}.npy", getattr(store, name))
-    meta = dict(fingerprint, splits={k: v.tolist() for k, v in store.splits.items()})
-    (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a complete cache
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(tmp, cache)
+def _pack_pickle(path: Path, folder: Path, fingerprint: dict):
+    pack_to_folder(read_pickle(path), path, folder, fingerprint)
 
 
-def _read_cache(cache: Path, fingerprint: dict, path: Path):
-    """The cached store, or None when there is no cache or it belongs to another version of the pickle."""
-    try:
-        meta = json.loads((cache / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if any(meta.get(k) != v for k, v in fingerprint.items()):
-        return None
-    try:
-        arrays = {name: np.load(cache / f"{name}.npy", mmap_mode="r" if name in ("keypoint", "score") else None)
-                  for name in _ARRAYS}
-    except (OSError, ValueError):
-        return None
-    splits = {k: np.array(v, dtype=np.int64) for k, v in meta["splits"].items()}
-    return SkeletonStore(**arrays, splits=splits, source=str(path))
+def _pack_in_child_process(path: Path, folder: Path, fingerprint: dict):
+    """Parse and pack the pickle in a separate process: the parsed pickle (as large as the keypoints)
+    never lives in the caller, whose memory would otherwise stay at twice the keypoints after the
+    allocator keeps the freed pages. UserErrors come back as they were raised."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        pool.submit(_pack_pickle, path, folder, fingerprint).result()
 
 
 def load_store(path, use_cache: bool = True) -> SkeletonStore:
-    """The SkeletonStore of a PYSKL pickle, from the cache when it is current."""
+    """The SkeletonStore of a PYSKL pickle. The packed keypoints are written to disk and memory-mapped:
+    in the cache beside the pickle (reused while the pickle is unchanged), or, without cache or when it
+    cannot be written, in a temporary folder whose files are removed once mapped."""
     path = Path(path)
     if not path.is_file():
         read_pickle(path)  # raises the "not found" UserError
     cache, fingerprint = _cache_dir(path), _fingerprint(path)
     if use_cache:
-        store = _read_cache(cache, fingerprint, path)
+        store = open_packed(cache, fingerprint, path)
         if store is not None:
             return store
-    store = pack_annotations(read_pickle(path), path)
-    if use_cache:
+        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
         try:
-            _write_cache(store, cache, fingerprint)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            _pack_in_child_process(path, tmp, fingerprint)
+            shutil.rmtree(cache, ignore_errors=True)
+            os.replace(tmp, cache)
+            return open_packed(cache, fingerprint, path)
         except OSError as e:
             log.warning("could not write the keypoint cache in %s (%s); the pickle will be parsed again "
                         "on the next start", cache, e)
-            return store
-        return _read_cache(cache, fingerprint, path)
-    return store
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="skeleton-store-") as folder:
+        _pack_in_child_process(path, Path(folder), fingerprint)
+        return open_packed(Path(folder), fingerprint, path)  # the mapping outlives the removed files
