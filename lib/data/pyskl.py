@@ -250,6 +250,12 @@ def _pack_in_child_process(path: Path, folder: Path, fingerprint: dict):
         pool.submit(_pack_pickle, path, folder, fingerprint).result()
 
 
+def _open_just_packed(folder: Path, fingerprint: dict, path) -> SkeletonStore:
+    store = open_packed(folder, fingerprint, path)
+    assert store is not None, f"{folder} was just packed but cannot be opened"
+    return store
+
+
 def load_store(path, use_cache: bool = True) -> SkeletonStore:
     """The SkeletonStore of a PYSKL pickle. The packed keypoints are written to disk and memory-mapped:
     in the cache beside the pickle (reused while the pickle is unchanged), or, without cache or when it
@@ -269,7 +275,7 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
             _pack_in_child_process(path, tmp, fingerprint)
             shutil.rmtree(cache, ignore_errors=True)
             os.replace(tmp, cache)
-            return open_packed(cache, fingerprint, path)
+            return _open_just_packed(cache, fingerprint, path)
         except OSError as e:
             log.warning("could not write the keypoint cache in %s (%s); the pickle will be parsed again "
                         "on the next start", cache, e)
@@ -277,4 +283,4 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
             shutil.rmtree(tmp, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="skeleton-store-") as folder:
         _pack_in_child_process(path, Path(folder), fingerprint)
-        return open_packed(Path(folder), fingerprint, path)  # the mapping outlives the removed files
+        return _open_just_packed(Path(folder), fingerprint, path)  # the mapping outlives the removed files
