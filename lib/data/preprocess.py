@@ -16,12 +16,6 @@ import numpy as np
 
 NUM_PERSONS = 2
 
-H36M_JOINT_NAMES = (
-    "pelvis", "right hip", "right knee", "right ankle", "left hip", "left knee", "left ankle", "spine",
-    "thorax", "nose", "head", "left shoulder", "left elbow", "left wrist", "right shoulder", "right elbow",
-    "right wrist",
-)
-
 # H36M joint -> the COCO joints whose mean it is. COCO: 0 nose, 1/2 left/right eye, 3/4 ears,
 # 5/6 shoulders, 7/8 elbows, 9/10 wrists, 11/12 hips, 13/14 knees, 15/16 ankles (left/right).
 # Spine is the mean of pelvis (mean of hips) and thorax (mean of shoulders), i.e. of the four joints.

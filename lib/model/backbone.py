@@ -1,0 +1,135 @@
+"""The spatial-temporal backbone: depth x (spatial block over the joints of each frame, then temporal block
+over the frames of each joint), on [B, T, V, C] with B = N * M (persons folded into the batch).
+
+A spatial block is a joint-to-joint block (self-attention with the learnable skeleton bias) followed,
+in version 2, by a hypergraph block (joints attend to their body parts' features). Positional
+embeddings are added once, before the first spatial and the first temporal block, and one spatial and
+one temporal LayerNorm are shared by all depths, as published.
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lib import skeleton
+from lib.model.attention import DropPath, JointToHyperedgeAttention, JointToJointAttention, Mlp, SelfAttention
+from lib.model.hypergraph import HyperedgeFeatures
+
+
+@dataclass
+class BackboneConfig:
+    dim: int = 128
+    depth: int = 6
+    num_heads: int = 8
+    mlp_ratio: float = 2.0
+    max_frames: int = 243
+    in_channels: int = 3
+    drop_path_rate: float = 0.1
+    with_hypergraph: bool = True  # --version 2
+    joint_label: tuple = (0, 1, 1, 1, 2, 2, 2, 0, 0, 3, 3, 4, 4, 4, 5, 5, 5)
+    joint_bias_init: str = "uniform"  # uniform: normalised skeleton adjacency; none: identity
+    j2j_adjacency: bool = True
+    j2e_layout: str = "standard"
+    j2e_main: bool = True
+    j2e_bias: bool = True
+
+
+class JointToJointBlock(nn.Module):
+    def __init__(self, cfg: BackboneConfig, drop_path: float):
+        super().__init__()
+        initial = skeleton.normalized_adjacency() if cfg.joint_bias_init == "uniform" else torch.eye(skeleton.NUM_JOINTS)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.attn = JointToJointAttention(cfg.dim, cfg.num_heads, torch.as_tensor(initial), cfg.j2j_adjacency)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, return_probs: bool = False):  # x [B*T, V, C]
+        out, probs = self.attn(self.norm1(x), return_probs)
+        x = x + self.drop_path(out)
+        return x + self.drop_path(self.mlp(self.norm2(x))), probs
+
+
+class HypergraphBlock(nn.Module):
+    def __init__(self, cfg: BackboneConfig, drop_path: float):
+        super().__init__()
+        self.edges = HyperedgeFeatures(cfg.dim, cfg.joint_label)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.attn = JointToHyperedgeAttention(cfg.dim, cfg.num_heads, cfg.j2e_layout, cfg.j2e_main, cfg.j2e_bias)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, return_probs: bool = False):  # x [B*T, V, C]
+        out, probs = self.attn(self.norm1(x), self.edges(x), return_probs)  # edges from the un-normalised x
+        x = x + self.drop_path(out)
+        return x + self.drop_path(self.mlp(self.norm2(x))), probs
+
+
+class TemporalBlock(nn.Module):
+    def __init__(self, cfg: BackboneConfig, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.attn = SelfAttention(cfg.dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, return_probs: bool = False):  # x [B*V, T, C]
+        out, probs = self.attn(self.norm1(x), return_probs=return_probs)
+        x = x + self.drop_path(out)
+        return x + self.drop_path(self.mlp(self.norm2(x))), probs
+
+
+class SpatialBlock(nn.Module):
+    """Joint-to-joint block, then (version 2) the hypergraph block."""
+
+    def __init__(self, cfg: BackboneConfig, drop_path: float):
+        super().__init__()
+        self.joint_block = JointToJointBlock(cfg, drop_path)
+        self.hyper_block = HypergraphBlock(cfg, drop_path) if cfg.with_hypergraph else None
+
+    def forward(self, x, return_probs: bool = False):
+        x, j2j = self.joint_block(x, return_probs)
+        j2e = None
+        if self.hyper_block is not None:
+            x, j2e = self.hyper_block(x, return_probs)
+        return x, j2j, j2e
+
+
+class SkeletonBackbone(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.joint_embed = nn.Linear(cfg.in_channels, cfg.dim)
+        self.spatial_pos = nn.Parameter(torch.zeros(1, skeleton.NUM_JOINTS, cfg.dim))
+        self.temporal_pos = nn.Parameter(torch.zeros(1, cfg.max_frames, cfg.dim))
+        drop_path = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.spatial_blocks = nn.ModuleList(SpatialBlock(cfg, p) for p in drop_path)
+        self.temporal_blocks = nn.ModuleList(TemporalBlock(cfg, p) for p in drop_path)
+        self.spatial_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.temporal_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+
+    def forward(self, x, return_attention: bool = False):
+        """x [B, T, V, Cin] -> features [B, T, V, C]; with return_attention also a list, one dict per
+        depth, of attention probabilities: 'joint' [B*T, h, V, V], 'hyperedge' [B*T, h, V, V] (version 2),
+        'temporal' [B*V, h, T, T]."""
+        batch, frames, joints, _ = x.shape
+        if frames > self.cfg.max_frames:
+            raise ValueError(f"clip of {frames} frames is longer than the model's {self.cfg.max_frames}")
+        x = (self.joint_embed(x) + self.spatial_pos).flatten(0, 1)  # [B*T, V, C]
+        maps = []
+        for depth, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
+            x, j2j, j2e = spatial(x, return_attention)
+            x = self.spatial_norm(x)
+            x = x.unflatten(0, (batch, frames)).transpose(1, 2).flatten(0, 1)  # [B*V, T, C]
+            if depth == 0:
+                x = x + self.temporal_pos[:, :frames]
+            x, temporal_probs = temporal(x, return_attention)
+            x = self.temporal_norm(x)
+            x = x.unflatten(0, (batch, joints)).transpose(1, 2)  # [B, T, V, C]
+            if depth < self.cfg.depth - 1:
+                x = x.flatten(0, 1)  # [B*T, V, C]
+            if return_attention:
+                maps.append({"joint": j2j, "hyperedge": j2e, "temporal": temporal_probs})
+        return (x, maps) if return_attention else x

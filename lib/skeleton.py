@@ -1,0 +1,29 @@
+"""The H36M-17 skeleton every clip uses after COCO-17 conversion: names, tree, sides, adjacency.
+numpy only; shared by the data pipeline, the model and the visualisation."""
+import numpy as np
+
+H36M_JOINT_NAMES = (
+    "pelvis", "right hip", "right knee", "right ankle", "left hip", "left knee", "left ankle", "spine",
+    "thorax", "nose", "head", "left shoulder", "left elbow", "left wrist", "right shoulder", "right elbow",
+    "right wrist",
+)
+NUM_JOINTS = len(H36M_JOINT_NAMES)
+H36M_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)  # -1: the root has no parent
+H36M_LEFT = (4, 5, 6, 11, 12, 13)
+H36M_RIGHT = (1, 2, 3, 14, 15, 16)
+H36M_BONES = tuple((child, parent) for child, parent in enumerate(H36M_PARENTS) if parent >= 0)  # 16 bones
+
+
+def adjacency() -> np.ndarray:
+    """Symmetric 0/1 [17, 17]: self-loops plus the 16 bones (the root has no edge to a parent)."""
+    matrix = np.eye(NUM_JOINTS, dtype=np.float32)
+    for child, parent in H36M_BONES:
+        matrix[child, parent] = matrix[parent, child] = 1.0
+    return matrix
+
+
+def normalized_adjacency() -> np.ndarray:
+    """The 'uniform' graph: adjacency with every column divided by its degree (A D^-1), so entry [i, j]
+    is 1 / degree(j) for neighbours i of j (self included)."""
+    matrix = adjacency()
+    return matrix / matrix.sum(axis=0, keepdims=True)
