@@ -101,7 +101,7 @@ def reference_scramble(x, num_tokens: int):
     """The published head split of the joint-to-hyperedge attention: the flat channels of a group are
     read as if they were [C, V] (channel-first) and transposed, i.e. out[j, c] = flat[c * V + j].
     [B', V * C] or [B', V, C] -> [B', V, C]."""
-    return x.reshape(x.shape[0], -1, num_tokens).transpose(1, 2)
+    return x.flatten(1).unflatten(1, (-1, num_tokens)).transpose(1, 2)
 
 
 class JointToHyperedgeAttention(nn.Module):

@@ -1,0 +1,69 @@
+"""Inference benchmark: PyTorch eager forward time of the action model on CPU.
+
+    python benchmarks/bench_infer.py [--config configs/action/train_NTU60_xsub_small.yaml] [--batch 1 8]
+                                     [--repeats 5] [--threads N] [--out benchmarks/results/infer.json]
+
+One 2-person clip of clip_len frames (243 for the published configs), random weights, eval mode,
+no_grad; the median of --repeats runs after one warm-up run. Prints a table and writes JSON.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib.config import load_yaml_config  # noqa: E402
+from lib.model.action import build_model  # noqa: E402
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs/action/train_NTU60_xsub_small.yaml"))
+    p.add_argument("--hyper_cfg", default=str(ROOT / "hyper_config/method2/manual_joint_label1.yaml"))
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/infer.json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_yaml_config(args.config, args.hyper_cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    frames = cfg.data.clip_len
+    result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "platform": platform.platform()},
+              "config": Path(args.config).name, "frames": frames, "persons": 2, "pytorch_eager_ms": {}}
+    print(f"{Path(args.config).name}: C={cfg.model.dim_rep}, depth {cfg.model.depth}, T={frames}, 2 persons, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    with torch.no_grad():
+        for batch in args.batch:
+            x = torch.randn(batch, 2, frames, 17, 3)
+            ms = median_seconds(lambda: model(x), args.repeats) * 1000
+            result["pytorch_eager_ms"][str(batch)] = ms
+            print(f"  PyTorch eager, batch {batch}: {ms:8.1f} ms  ({batch / ms * 1000:.1f} clips/s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
