@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_PKL := data/action/demo_synthetic.pkl
 
 .PHONY: setup demo test
 
@@ -15,11 +14,8 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(DEMO_PKL): lib/data/synthetic.py | setup
-	$(PY) -m lib.data.synthetic --preset demo --out $(DEMO_PKL) --seed 0
-
-demo: setup $(DEMO_PKL)
-	$(PY) -m lib.data.summary --config configs/action/demo_synthetic.yaml
+demo: setup
+	$(PY) -m lib.demo
 
 test: setup
 	$(PY) -m pytest -q tests

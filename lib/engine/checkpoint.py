@@ -1,0 +1,109 @@
+"""Checkpoint files: atomic saves, loading weights into a model with a clear report, finetuning."""
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lib.errors import UserError
+from lib.model.convert_reference import read_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(state: dict, path: Path):
+    """Write to a temporary file in the same folder, flush it to disk, then rename over `path`: a crash
+    at any moment leaves either the previous file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class MatchReport:
+    loaded: list = field(default_factory=list)
+    missing: list = field(default_factory=list)  # in the model, not in the file
+    unexpected: list = field(default_factory=list)  # in the file, not in the model
+    mismatched: list = field(default_factory=list)  # "name: file shape vs model shape"
+
+    def summary(self) -> str:
+        def some(keys):
+            return f" (e.g. {', '.join(keys[:3])})" if keys else ""
+        return (f"{len(self.loaded)} loaded, {len(self.missing)} missing{some(self.missing)}, "
+                f"{len(self.unexpected)} unexpected{some(self.unexpected)}, "
+                f"{len(self.mismatched)} with another shape{some(self.mismatched)}")
+
+
+def match_state_dict(target: dict, source: dict) -> MatchReport:
+    report = MatchReport()
+    for key, value in source.items():
+        if key not in target:
+            report.unexpected.append(key)
+        elif target[key].shape != value.shape:
+            report.mismatched.append(f"{key}: {tuple(value.shape)} vs {tuple(target[key].shape)}")
+        else:
+            report.loaded.append(key)
+    report.missing = [k for k in target if k not in source]
+    return report
+
+
+def _layout_hint(state_dict: dict, model: nn.Module) -> str:
+    in_file = any(k.endswith("hyper_block.attn.kv.weight") for k in state_dict)
+    in_model = any(k.endswith("hyper_block.attn.kv.weight") for k in model.state_dict())
+    if in_file and not in_model:
+        return "; it was trained with the published head split: add --set model.j2e_layout=reference"
+    if in_model and not in_file:
+        return "; it uses the standard head split: remove model.j2e_layout=reference"
+    return "; check --version, --hyper_cfg and the model keys of the config (dim_rep, depth, num_heads, maxlen)"
+
+
+def load_model_weights(model: nn.Module, path) -> str:
+    """Load a whole model's weights from a checkpoint of ours, a converted or a published one. Anything
+    that does not fit exactly is a UserError. Returns a note to show ('' when there is none)."""
+    state_dict, note = read_state_dict(path)
+    report = match_state_dict(model.state_dict(), state_dict)
+    if report.missing or report.unexpected or report.mismatched:
+        raise UserError(f"checkpoint {path} does not fit this model: {report.summary()}"
+                        f"{_layout_hint(state_dict, model)}")
+    model.load_state_dict(state_dict)
+    return note
+
+
+def load_backbone_weights(model: nn.Module, path) -> MatchReport:
+    """Finetuning: load what fits into model.backbone from a backbone-only state dict, a whole action
+    checkpoint of ours, or a (converted) published one. Stops when nothing matches."""
+    state_dict, note = read_state_dict(path)
+    if note:
+        log.info(note)
+    if any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    target = model.backbone.state_dict()
+    report = match_state_dict(target, state_dict)
+    if not report.loaded:
+        raise UserError(f"nothing in {path} matches the backbone ({report.summary()}): "
+                        "is it a checkpoint of this model?")
+    model.backbone.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def freeze_backbone_except(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Freeze every backbone parameter whose name contains none of `patterns`; return the names left
+    trainable."""
+    trainable = []
+    for name, param in model.backbone.named_parameters():
+        param.requires_grad = any(p in name for p in patterns)
+        if param.requires_grad:
+            trainable.append(name)
+    if not trainable:
+        raise UserError(f"partial_train {patterns} matches no backbone parameter; names look like "
+                        "'spatial_blocks.5.hyper_block' or 'temporal_blocks.5'")
+    return trainable

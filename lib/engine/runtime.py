@@ -1,0 +1,52 @@
+"""Process-level set-up shared by the entry scripts: device, seeds, logging."""
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lib.errors import UserError
+
+LIB_LOGGER = logging.getLogger("lib")  # every module's logging.getLogger(__name__) reports here
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' is CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class TqdmHandler(logging.StreamHandler):
+    """Console handler that prints above progress bars instead of through them."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record))
+
+
+def setup_logging(log_file: Path = None):
+    """Messages of lib.* at INFO and above go to the console and, with timestamps, to `log_file`.
+    Each line once."""
+    LIB_LOGGER.setLevel(logging.INFO)
+    LIB_LOGGER.propagate = False
+    for handler in list(LIB_LOGGER.handlers):
+        LIB_LOGGER.removeHandler(handler)
+        handler.close()
+    console = TqdmHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    LIB_LOGGER.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        LIB_LOGGER.addHandler(file_handler)
