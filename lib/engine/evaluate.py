@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,14 @@ from lib.model.action import build_model
 log = logging.getLogger(__name__)
 
 
+def ignore_interrupts(worker_id: int):
+    """DataLoader workers leave Ctrl-C to the main process, which saves and stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def eval_loader(dataset: ActionDataset, batch_size: int, num_workers: int, device: torch.device):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda")
+                                       pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts)
 
 
 @torch.no_grad()

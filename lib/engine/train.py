@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lib.config import Config, config_to_dict, save_config
 from lib.data.dataset import ActionDataset, build_datasets
 from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, save_checkpoint
-from lib.engine.evaluate import classification_metrics, eval_loader, predict, topk_correct
+from lib.engine.evaluate import classification_metrics, eval_loader, ignore_interrupts, predict, topk_correct
 from lib.engine.runtime import pick_device, seed_everything, setup_logging
 from lib.errors import UserError
 from lib.model.action import build_model
@@ -132,7 +132,8 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
                 batches = batches[:1]
             loader = torch.utils.data.DataLoader(
                 train_set, batch_sampler=batches[start_batch:], num_workers=cfg.data.num_workers,
-                pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.train.seed))
+                pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts,
+                generator=torch.Generator().manual_seed(cfg.train.seed))
             model.train()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=start_batch,
                        total=len(batches), dynamic_ncols=True)

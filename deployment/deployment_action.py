@@ -1,0 +1,77 @@
+"""Export a checkpoint to ONNX for CPU deployment and check the ONNX model against PyTorch.
+
+Input `pose2d` [N, 2, T, 17, 3] (or [N, T, 17, 3] with --layout NTVC), N and T dynamic; output
+`action_label` [N, K] logits. The check runs ONNX Runtime and PyTorch on random and real validation
+clips, batch 1 and 4, full and shorter T, prints the largest difference and fails above --tolerance.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lib.cli import build_parser, config_from_args, run_main  # noqa: E402
+from lib.data.dataset import ActionDataset  # noqa: E402
+from lib.data.labels import class_names  # noqa: E402
+from lib.data.pyskl import load_store  # noqa: E402
+from lib.deploy.export import OPSET, export_onnx, parity  # noqa: E402
+from lib.deploy.inference import OnnxActionModel  # noqa: E402
+from lib.engine.checkpoint import load_model_weights  # noqa: E402
+from lib.engine.runtime import setup_logging  # noqa: E402
+from lib.errors import UserError  # noqa: E402
+from lib.model.action import build_model  # noqa: E402
+
+
+def parity_inputs(cfg, layout: str, real_clips: np.ndarray) -> dict[str, np.ndarray]:
+    """Random and real inputs at batch 1 and 4, full and shorter clip length."""
+    rng = np.random.default_rng(0)
+    frames, short = cfg.data.clip_len, max(1, cfg.data.clip_len // 2)
+    inputs = {
+        f"random N=1 T={frames}": rng.uniform(-1, 1, (1, 2, frames, 17, 3)),
+        f"random N=4 T={frames}": rng.uniform(-1, 1, (4, 2, frames, 17, 3)),
+        f"random N=4 T={short}": rng.uniform(-1, 1, (4, 2, short, 17, 3)),
+        f"validation N=1 T={frames}": real_clips[:1],
+        f"validation N={len(real_clips)} T={frames}": real_clips,
+        f"validation N={len(real_clips)} T={short}": real_clips[:, :, ::2][:, :, :short],
+    }
+    inputs = {name: x.astype(np.float32) for name, x in inputs.items()}
+    return {name: x[:, 0].copy() for name, x in inputs.items()} if layout == "NTVC" else inputs
+
+
+def main(argv=None):
+    parser = build_parser(__doc__.splitlines()[0])
+    parser.add_argument("--layout", choices=["NMTVC", "NTVC"], default="NMTVC",
+                        help="NMTVC: pose2d [N, 2, T, 17, 3] (default); NTVC: one person, [N, T, 17, 3]")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch|")
+    args = parser.parse_args(argv)
+    if not args.evaluate or not args.deployment:
+        raise UserError("--evaluate CKPT and --deployment OUT.onnx are both required")
+    setup_logging()
+    cfg = config_from_args(args)
+    names = class_names(cfg.data.action_classes, cfg.data.label_map)
+    model = build_model(cfg)
+    note = load_model_weights(model, args.evaluate)
+    if note:
+        print(note)
+    exported = export_onnx(model, cfg, names, args.deployment, args.layout)
+    onnx_model = OnnxActionModel(args.deployment)
+    inputs = onnx_model.session.get_inputs()[0]
+    print(f"exported {args.deployment} (opset {OPSET}): input {inputs.name} {inputs.shape}, "
+          f"output action_label {onnx_model.session.get_outputs()[0].shape}")
+
+    val = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False)
+    real = np.stack([val[i][0] for i in range(min(4, len(val)))])
+    differences = parity(exported, onnx_model.session, parity_inputs(cfg, args.layout, real))
+    for name, difference in differences.items():
+        print(f"  {name:<28} max |ONNX - PyTorch| = {difference:.2e}")
+    worst = max(differences.values())
+    if worst > args.tolerance:
+        raise UserError(f"the ONNX model differs from PyTorch by {worst:.2e} > {args.tolerance:.0e}")
+    print(f"parity ok: largest difference {worst:.2e} <= {args.tolerance:.0e}")
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        sys.exit(run_main(main))

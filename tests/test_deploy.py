@@ -1,0 +1,192 @@
+"""ONNX export with parity, and torch-free inference that matches evaluate_action.py."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lib.config import load_yaml_config
+from lib.data import synthetic
+from lib.deploy.inference import OnnxActionModel, window_starts
+from lib.model.action import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_FLAGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml",
+              "--hyper_cfg", "hyper_config/method2/manual_joint_label1.yaml", "--hyper_relation_bias", "uniform",
+              "--version", "2"]
+
+
+def run(script, *args, check=True):
+    result = subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny synthetic pickle, a tiny trained-looking checkpoint and the --set flags that point at them."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    data = synthetic.generate("demo", seed=3, num_samples=40)
+    synthetic.write_pickle(data, tmp / "tiny.pkl")
+    overrides = ["--set", f"data_root={tmp}", "--set", "dataset=tiny", "--set", "dim_rep=16", "--set", "depth=2",
+                 "--set", "num_heads=2", "--set", "clip_len=12", "--set", "maxlen=12", "--set", "hidden_dim=32",
+                 "--set", "num_workers=0", "--set", "device=cpu"]
+    cfg = load_yaml_config(ROOT / SEED_FLAGS[1], ROOT / SEED_FLAGS[3],
+                           overrides=[o for o in overrides if o != "--set"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # non-trivial weights: the zero-initialised biases and BN statistics move
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.head.bn.running_mean.normal_(0, 0.1)
+    torch.save({"model": model.state_dict()}, tmp / "model.bin")
+    return {"tmp": tmp, "data": data, "overrides": overrides, "ckpt": tmp / "model.bin", "cfg": cfg}
+
+
+def export(setup, name, *extra):
+    out = setup["tmp"] / name
+    result = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment", out,
+                 *setup["overrides"], *extra)
+    return out, result.stdout
+
+
+def test_export_has_dynamic_batch_and_frames_and_parity(setup):
+    out, stdout = export(setup, "model.onnx")
+    model = OnnxActionModel(out)
+    (inp,), (outp,) = model.session.get_inputs(), model.session.get_outputs()
+    assert inp.name == "pose2d" and inp.shape[1:] == [2, inp.shape[2], 17, 3] and isinstance(inp.shape[0], str)
+    assert isinstance(inp.shape[2], str) and outp.name == "action_label" and outp.shape[1] == 60
+    assert model.clip_len == 12 and len(model.class_names) == 60 and model.class_names[0] == "drink water"
+    for fragment in ("random N=1 T=12", "random N=4 T=6", "validation N=4 T=12", "parity ok"):
+        assert fragment in stdout
+    differences = [float(line.split("=")[-1]) for line in stdout.splitlines() if "max |ONNX - PyTorch|" in line]
+    assert len(differences) == 6 and max(differences) <= 1e-4
+    # Independent check at another N and T than the export's dummy input.
+    torch_model = build_model(setup["cfg"]).eval()
+    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 2, 7, 17, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    actual = model.session.run(["action_label"], {"pose2d": x})[0]
+    assert np.abs(actual - expected).max() < 1e-4
+
+
+def test_ntvc_layout_is_single_person(setup):
+    out, stdout = export(setup, "model_ntvc.onnx", "--layout", "NTVC")
+    model = OnnxActionModel(out)
+    assert model.session.get_inputs()[0].shape[1:] == [model.session.get_inputs()[0].shape[1], 17, 3]
+    assert model.layout == "NTVC" and "parity ok" in stdout
+    torch_model = build_model(setup["cfg"]).eval()
+    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 12, 17, 3)).astype(np.float32)
+    two_persons = np.stack([x, np.zeros_like(x)], axis=1)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(two_persons)).numpy()
+    assert np.abs(model.session.run(None, {"pose2d": x})[0] - expected).max() < 1e-4
+
+
+def test_infer_matches_evaluate_for_the_same_sample(setup):
+    onnx_path, _ = export(setup, "model_eval.onnx")
+    eval_dir = setup["tmp"] / "eval"
+    run("evaluate_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--out-dir", eval_dir, *setup["overrides"])
+    predictions = np.load(eval_dir / "predictions.npz")
+    for i in (0, len(predictions["frame_dir"]) - 1):
+        frame_dir, logits = str(predictions["frame_dir"][i]), predictions["logits"][i]
+        expected = np.exp(logits - logits.max())
+        expected /= expected.sum()
+        result = run("deployment/infer_action.py", "--onnx", onnx_path, "--pickle", setup["tmp"] / "tiny.pkl",
+                     "--sample", frame_dir, "--json-out")
+        out = json.loads(result.stdout)
+        probabilities = np.array(out["predictions"][0]["probabilities"])
+        assert out["predictions"][0]["top"][0]["label"] == int(expected.argmax())
+        assert np.abs(probabilities - expected).max() < 1e-4
+        assert out["label"] == int(predictions["label"][i])
+
+
+def test_infer_runs_without_torch_and_reads_every_format(setup):
+    onnx_path, _ = export(setup, "model_formats.onnx")
+    ann = next(a for a in setup["data"]["annotations"] if a["keypoint"].shape[0] == 2)
+    tmp = setup["tmp"]
+    np.savez(tmp / "kp.npz", keypoint=ann["keypoint"], keypoint_score=ann["keypoint_score"])
+    np.save(tmp / "kp.npy", np.concatenate([ann["keypoint"], ann["keypoint_score"][..., None]], axis=-1))
+    coco_frames = [[{"keypoints": np.concatenate([ann["keypoint"][m, t], ann["keypoint_score"][m, t, :, None]],
+                                                 axis=1).ravel().tolist()} for m in range(2)]
+                   for t in range(ann["keypoint"].shape[1])]
+    (tmp / "coco.json").write_text(json.dumps(coco_frames))
+    mmpose_frames = [{"frame_id": t, "instances": [{"keypoints": ann["keypoint"][m, t].tolist(),
+                                                    "keypoint_scores": ann["keypoint_score"][m, t].tolist()}
+                                                   for m in range(2)]}
+                     for t in range(ann["keypoint"].shape[1])]
+    (tmp / "mmpose.json").write_text(json.dumps({"img_shape": [1080, 1920], "frames": mmpose_frames}))
+    no_torch = "import sys; sys.modules['torch'] = None; import runpy; " \
+               "sys.argv = ['deployment/infer_action.py'] + sys.argv[1:]; " \
+               "runpy.run_path('deployment/infer_action.py', run_name='__main__')"
+    outputs = {}
+    for source in (["--pickle", tmp / "tiny.pkl", "--sample", ann["frame_dir"]], ["--keypoints", tmp / "kp.npz"],
+                   ["--keypoints", tmp / "kp.npy"], ["--json", tmp / "coco.json"], ["--json", tmp / "mmpose.json"]):
+        result = subprocess.run([sys.executable, "-c", no_torch, "--onnx", str(onnx_path), *map(str, source),
+                                 "--json-out"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        outputs[str(source[1])] = np.array(json.loads(result.stdout)["predictions"][0]["probabilities"])
+    first = next(iter(outputs.values()))
+    for probabilities in outputs.values():  # the same keypoints in every format give the same answer
+        assert np.abs(probabilities - first).max() < 1e-6
+
+
+def test_windows_cover_long_sequences(setup):
+    assert window_starts(100, 40, 30) == [0, 30, 60]
+    assert window_starts(100, 40, 40) == [0, 40, 60]
+    assert window_starts(30, 40, 10) == [0]
+    onnx_path, _ = export(setup, "model_windows.onnx")
+    ann = max(setup["data"]["annotations"], key=lambda a: a["keypoint"].shape[1])
+    frames = ann["keypoint"].shape[1]
+    result = run("deployment/infer_action.py", "--onnx", onnx_path, "--pickle", setup["tmp"] / "tiny.pkl",
+                 "--sample", ann["frame_dir"], "--window", 20, "--stride", 10, "--json-out")
+    predictions = json.loads(result.stdout)["predictions"]
+    assert [p["frames"] for p in predictions] == [[s, s + 20] for s in window_starts(frames, 20, 10)]
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-5 for p in predictions)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing onnx", "ONNX model not found"),
+    ("unknown sample", "is not in"),
+    ("bad npy shape", "expected [M, T, 17, 3]"),
+    ("npz without scores", "lacks keypoint_score"),
+    ("bad json", "not valid JSON"),
+    ("json person without keypoints", "needs 'keypoints'"),
+    ("json wrong keypoint count", "must be 51 numbers"),
+])
+def test_malformed_inputs_give_one_line_errors(setup, case, fragment):
+    tmp = setup["tmp"]
+    onnx_path = tmp / "model_errors.onnx"
+    if not onnx_path.exists():
+        export(setup, onnx_path.name)
+    np.save(tmp / "bad.npy", np.zeros((5, 17, 2)))
+    np.savez(tmp / "noscore.npz", keypoint=np.zeros((1, 5, 17, 2)))
+    (tmp / "bad.json").write_text("[{")
+    (tmp / "noperson.json").write_text(json.dumps([[{"box": [0, 0, 1, 1]}]]))
+    (tmp / "short.json").write_text(json.dumps([[{"keypoints": [1, 2, 3]}]]))
+    args = {
+        "missing onnx": ["--onnx", tmp / "absent.onnx", "--keypoints", tmp / "bad.npy"],
+        "unknown sample": ["--onnx", onnx_path, "--pickle", tmp / "tiny.pkl", "--sample", "S999C001P001R001A001"],
+        "bad npy shape": ["--onnx", onnx_path, "--keypoints", tmp / "bad.npy"],
+        "npz without scores": ["--onnx", onnx_path, "--keypoints", tmp / "noscore.npz"],
+        "bad json": ["--onnx", onnx_path, "--json", tmp / "bad.json"],
+        "json person without keypoints": ["--onnx", onnx_path, "--json", tmp / "noperson.json"],
+        "json wrong keypoint count": ["--onnx", onnx_path, "--json", tmp / "short.json"],
+    }[case]
+    result = run("deployment/infer_action.py", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_export_refuses_a_checkpoint_of_another_model(setup):
+    result = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment",
+                 setup["tmp"] / "x.onnx", *setup["overrides"], "--set", "dim_rep=32", check=False)
+    assert result.returncode == 2 and "does not fit this model" in result.stderr and "Traceback" not in result.stderr
