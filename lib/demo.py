@@ -3,8 +3,10 @@
     python -m lib.demo [--out checkpoint/demo]
 
 Steps (each a real command, printed before it runs): write the synthetic demo pickle (if missing),
-train `configs/action/demo_synthetic.yaml`, evaluate the best checkpoint. Ends with the accuracy, the
-time of each step and the path of every artefact.
+train `configs/action/demo_synthetic.yaml`, evaluate the best checkpoint, render attention heatmaps for
+one sample per class, export it to ONNX (with the parity check) and classify one validation sample with
+ONNX Runtime. Ends with the accuracy, the time
+of each step and the path of every artefact.
 """
 import argparse
 import json
@@ -14,6 +16,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/action/demo_synthetic.yaml"
@@ -42,6 +46,16 @@ def main(argv=None):
     eval_dir = out / "best_epoch_eval"
     run("evaluate", [py, "evaluate_action.py", *MODEL_FLAGS, "--evaluate", str(best), "--out-dir", str(eval_dir)],
         timings)
+    vis_dir = out / "vis_data"
+    run("heatmaps", [py, "vis_action_attn.py", *MODEL_FLAGS, "--evaluate", str(best), "--per-class", "1",
+                     "--attn-dir", str(vis_dir)], timings)
+    onnx = out / "demo.onnx"
+    run("export", [py, "deployment/deployment_action.py", *MODEL_FLAGS, "--evaluate", str(best),
+                   "--deployment", str(onnx)], timings)
+    predictions = np.load(ROOT / eval_dir / "predictions.npz")
+    sample = str(predictions["frame_dir"][0])
+    run("inference", [py, "deployment/infer_action.py", "--onnx", str(onnx), "--pickle", PICKLE, "--sample", sample,
+                      "--top-k", "3"], timings)
 
     metrics = json.loads((ROOT / eval_dir / "metrics.json").read_text())
     epochs = [json.loads(line) for line in (ROOT / out / "metrics.jsonl").read_text().splitlines()]
@@ -50,7 +64,8 @@ def main(argv=None):
         "per-epoch metrics": out / "metrics.jsonl", "TensorBoard": out / "tensorboard",
         "checkpoints": out / "{latest_epoch,best_epoch,epoch_N}.bin", "evaluation": eval_dir / "metrics.json",
         "per-class accuracy": eval_dir / "per_class.csv", "confusion matrix": eval_dir / "confusion.png",
-        "predictions": eval_dir / "predictions.npz",
+        "predictions": eval_dir / "predictions.npz", "attention heatmaps": vis_dir / "*/sheet.png",
+        "ONNX model": onnx,
     }
     print("\n== demo summary")
     print(f"validation top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, mean class accuracy "

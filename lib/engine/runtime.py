@@ -1,6 +1,7 @@
 """Process-level set-up shared by the entry scripts: device, seeds, logging."""
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ def seed_everything(seed: int):
 
 
 class TqdmHandler(logging.StreamHandler):
-    """Console handler that prints above progress bars instead of through them."""
+    """Console handler that prints above progress bars instead of through them; warnings and errors go
+    to stderr, so they never mix with a command's results on stdout."""
 
     def emit(self, record):
-        tqdm.write(self.format(record))
+        tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
 
 
 def setup_logging(log_file: Path = None):

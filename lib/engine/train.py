@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from lib.config import Config, config_to_dict, save_config
 from lib.data.dataset import ActionDataset, build_datasets
-from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, save_checkpoint
+from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, match_state_dict, save_checkpoint
 from lib.engine.evaluate import classification_metrics, eval_loader, ignore_interrupts, predict, topk_correct
 from lib.engine.runtime import pick_device, seed_everything, setup_logging
 from lib.errors import UserError
@@ -100,8 +100,16 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
         if "optimizer" not in state:
             raise UserError(f"{resume} holds weights only, not a training state; use it as backbone_ckpt "
                             "to finetune, or resume from latest_epoch.bin")
+        report = match_state_dict(model.state_dict(), state["model"])
+        if report.missing or report.unexpected or report.mismatched:
+            raise UserError(f"{resume} does not fit this model ({report.summary()}); resume with the settings "
+                            "the run was started with (its config.yaml)")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            raise UserError(f"the optimizer state in {resume} has other parameter groups than this run: resume "
+                            "with the partial_train the run was started with (its config.yaml)") from None
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
@@ -123,7 +131,7 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
     log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set)} validation clips, "
              f"{params:,} trainable parameters, device {device}, output {out}")
     writer = SummaryWriter(out / "tensorboard")
-    with StopSignal() as stop, open(out / "metrics.jsonl", "a") as metrics_file:
+    with StopSignal() as stop, open(out / "metrics.jsonl", "a" if resume else "w") as metrics_file:
         for epoch in range(start_epoch, cfg.train.epochs):
             started = time.perf_counter()
             train_set.set_epoch(epoch)
@@ -165,7 +173,7 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
             val = classification_metrics(val_logits, val_labels)
             lrs = scheduler.get_last_lr()
             scheduler.step()
-            if val["top1"] > best_acc:
+            if best_epoch == 0 or val["top1"] > best_acc:
                 best_acc, best_epoch = val["top1"], epoch + 1
             count = max(meter["count"], 1)
             record = {
