@@ -22,18 +22,6 @@ LABEL1 = [0, 1, 1, 1, 2, 2, 2, 0, 0, 3, 3, 4, 4, 4, 5, 5, 5]
 EDGES = 6
 
 
-@pytest.fixture(autouse=True)
-def seeded():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: one thread is as fast, and far faster when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def linear_shapes(prefix, out_dim, in_dim, bias=True):

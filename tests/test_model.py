@@ -28,18 +28,6 @@ LABEL2 = (0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2)
 V = 17
 
 
-@pytest.fixture(autouse=True)
-def seeded():
-    torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: one thread is as fast, and far faster when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_config(classes=60, label=LABEL1, version=2, layout="standard", dim=16, heads=2, depth=1, maxlen=8,

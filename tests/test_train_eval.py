@@ -154,14 +154,6 @@ def split_size(pickle_path: Path, split: str) -> int:
         return len(pickle.load(f)["split"][split])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The same for the runs made in this process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Fixtures: one small data folder and one reference training run per module

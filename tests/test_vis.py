@@ -30,13 +30,6 @@ SEED_ARGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml",
              "--hyper_relation_bias", "uniform", "--version", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_overrides(data_root: Path, dataset: str) -> list[str]:
     sets = [f"data_root={data_root}", f"dataset={dataset}", "dim_rep=16", f"depth={LAYERS}", f"num_heads={HEADS}",

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lib.config import Config, config_to_dict, save_config
-from lib.data.dataset import ActionDataset, build_datasets
+from lib.data.dataset import build_datasets
 from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, match_state_dict, save_checkpoint
 from lib.engine.evaluate import classification_metrics, eval_loader, ignore_interrupts, predict, topk_correct
 from lib.engine.runtime import pick_device, seed_everything, setup_logging
