@@ -42,6 +42,13 @@ class DataConfig:
     scale_range_test: list[float] = field(default_factory=lambda: [2.0, 2.0])
     # True keeps the published bug: confidence stays in COCO order while x, y become H36M order.
     legacy_conf_order: bool = False
+    # The model's input: joint coordinates, bones (joint minus parent), or their frame-to-frame motion.
+    stream: Literal["joint", "bone", "joint_motion", "bone_motion"] = "joint"
+    # Test-time augmentation: clips per sample (the first evenly spaced, the others resampled at random
+    # with fixed seeds) and left-right flipping; softmax probabilities are averaged. 1 and false: the
+    # published single-clip protocol.
+    num_clips: int = field(default=1, metadata=_range(1))
+    flip_test: bool = False
     # One class name per line; null picks the NTU60/NTU120 list by action_classes.
     label_map: Optional[str] = None
     num_workers: int = field(default=2, metadata=_range(0))

@@ -11,6 +11,8 @@ NUM_JOINTS = len(H36M_JOINT_NAMES)
 H36M_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)  # -1: the root has no parent
 H36M_LEFT = (4, 5, 6, 11, 12, 13)
 H36M_RIGHT = (1, 2, 3, 14, 15, 16)
+H36M_MIRROR = tuple(H36M_RIGHT[H36M_LEFT.index(j)] if j in H36M_LEFT else
+                    H36M_LEFT[H36M_RIGHT.index(j)] if j in H36M_RIGHT else j for j in range(NUM_JOINTS))  # left <-> right
 H36M_BONES = tuple((child, parent) for child, parent in enumerate(H36M_PARENTS) if parent >= 0)  # 16 bones
 
 

@@ -42,16 +42,26 @@ class ActionDataset:
         return self.store.frame_dir[self.indices]
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        """float32 [2, clip_len, 17, 3] (x, y, confidence per H36M joint) and the 0-based label."""
+        """float32 [2, clip_len, 17, 3] (x, y, confidence per H36M joint; or bones / motion, see
+        data.stream) and the 0-based label. Validation with num_clips K > 1: [K, 2, clip_len, 17, 3],
+        the first clip evenly spaced, the others resampled at random with seeds fixed per clip."""
         index = int(self.indices[i])
+        if self.train:
+            clip = self._clip(index, np.random.default_rng((self.seed, self.epoch, index)))
+        elif self.cfg.num_clips == 1:
+            clip = self._clip(index, None)
+        else:
+            clip = np.stack([self._clip(index, np.random.default_rng((self.seed, k, index, 1)) if k else None)
+                             for k in range(self.cfg.num_clips)])
+        return clip, int(self.store.label[index])
+
+    def _clip(self, index: int, rng) -> np.ndarray:
         keypoint, score = self.store.raw_sample(index)
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
-        clip = make_clip(
+        return make_clip(
             keypoint, score, self.store.img_hw[index], self.cfg.clip_len, rng=rng,
             random_move_on=self.train and self.cfg.random_move,
             scale_range=self.cfg.scale_range_train if self.train else self.cfg.scale_range_test,
-            legacy_conf_order=self.cfg.legacy_conf_order)
-        return clip, int(self.store.label[index])
+            legacy_conf_order=self.cfg.legacy_conf_order, stream=self.cfg.stream)
 
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[ActionDataset, ActionDataset]:

@@ -11,8 +11,13 @@ and for testing (deterministic):
     -> COCO-17 to H36M-17, coordinates and scores     (coco_to_h36m)
     -> pad to two persons, append the score channel   [2, clip_len, 17, 3]
     -> random_move (training only), crop_scale        float32 [2, clip_len, 17, 3]
+    -> the input stream: joints, bones, or their motion (to_stream)
 """
 import numpy as np
+
+from lib.skeleton import H36M_PARENTS
+
+STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 
 NUM_PERSONS = 2
 
@@ -158,9 +163,26 @@ def crop_scale(clip: np.ndarray, scale_range, rng: np.random.Generator = None) -
     return np.clip(out, -1, 1)
 
 
+def to_stream(clip: np.ndarray, stream: str) -> np.ndarray:
+    """Joint coordinates -> the input stream; the confidence channel is kept. [M, T, V, 3] -> new array.
+    bone: each joint minus its parent in the H36M tree (the pelvis, which has none, stays as it is);
+    motion: the difference to the next frame (zero at the last frame)."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown stream '{stream}'")
+    out = clip.copy()
+    if stream.startswith("bone"):
+        parents = np.array([max(p, 0) for p in H36M_PARENTS])
+        out[..., 1:, :2] -= clip[..., parents[1:], :2]
+    if stream.endswith("motion"):
+        coords = out[..., :2].copy()
+        out[..., :2] = 0.0
+        out[:, :-1, :, :2] = coords[:, 1:] - coords[:, :-1]
+    return out
+
+
 def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
               rng: np.random.Generator = None, random_move_on: bool = False, scale_range=(2.0, 2.0),
-              legacy_conf_order: bool = False) -> np.ndarray:
+              legacy_conf_order: bool = False, stream: str = "joint") -> np.ndarray:
     """The whole pipeline (module docstring). rng None: the deterministic test pipeline.
     keypoint [M, T, 17, 2] pixels, score [M, T, 17] -> float32 [2, clip_len, 17, 3]."""
     keypoint, score = select_persons(keypoint, score)
@@ -173,4 +195,7 @@ def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
     clip[: len(xy), ..., 2] = conf
     if random_move_on:
         clip = random_move(clip, rng)
-    return crop_scale(clip, scale_range, rng).astype(np.float32, copy=False)
+    clip = crop_scale(clip, scale_range, rng)
+    if stream != "joint":
+        clip = to_stream(clip, stream)
+    return clip.astype(np.float32, copy=False)

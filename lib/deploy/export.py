@@ -64,6 +64,7 @@ def write_metadata(path: Path, cfg: Config, class_names: list[str], layout: str)
         "layout": layout,
         "scale_range_test": json.dumps(cfg.data.scale_range_test),
         "legacy_conf_order": json.dumps(cfg.data.legacy_conf_order),
+        "stream": cfg.data.stream,
         "config": json.dumps(config_to_dict(cfg)),
     }
     del model.metadata_props[:]

@@ -46,11 +46,13 @@ class OnnxActionModel:
         self.layout = meta["layout"]
         self.scale_range = json.loads(meta["scale_range_test"])
         self.legacy_conf_order = json.loads(meta["legacy_conf_order"])
+        self.stream = meta["stream"]
 
     def clip(self, keypoints: Keypoints) -> np.ndarray:
         """The validation pipeline: float32 [2, clip_len, 17, 3]."""
         return make_clip(keypoints.keypoint, keypoints.score, keypoints.img_hw, self.clip_len,
-                         scale_range=self.scale_range, legacy_conf_order=self.legacy_conf_order)
+                         scale_range=self.scale_range, legacy_conf_order=self.legacy_conf_order,
+                         stream=self.stream)
 
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
         """[N, 2, T, 17, 3] -> softmax probabilities [N, K]."""

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,12 +12,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lib import skeleton
 from lib.config import Config, config_to_dict
 from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.data.pyskl import load_store
 from lib.engine.checkpoint import load_model_weights
 from lib.engine.runtime import pick_device, setup_logging
+from lib.errors import UserError
 from lib.model.action import build_model
 
 log = logging.getLogger(__name__)
@@ -32,17 +35,37 @@ def eval_loader(dataset: ActionDataset, batch_size: int, num_workers: int, devic
                                        pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts)
 
 
+def flip_clips(x: torch.Tensor) -> torch.Tensor:
+    """Mirror clips [..., V, 3]: swap left and right joints and negate x (clips are centred at x = 0).
+    It commutes with the bone and motion streams, whose parents are mirror images too."""
+    flipped = x[..., list(skeleton.H36M_MIRROR), :].clone()
+    flipped[..., 0] = -flipped[..., 0]
+    return flipped
+
+
+def clip_scores(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Scores [N, K] of a batch: plain logits for one clip [N, 2, T, V, C] without flipping; otherwise
+    the log of the softmax probabilities averaged over the clips [N, clips, 2, T, V, C] and the flip."""
+    if x.ndim == 5 and not flip:
+        return model(x)
+    clips = x if x.ndim == 6 else x[:, None]  # [N, clips, 2, T, V, C]
+    views = torch.cat([clips, flip_clips(clips)], dim=1) if flip else clips
+    probabilities = model(views.flatten(0, 1)).float().softmax(dim=1).unflatten(0, views.shape[:2])
+    return probabilities.mean(dim=1).log()
+
+
 @torch.no_grad()
-def predict(model, loader, device, max_batches: int = None, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [S, K] (float32, CPU) and labels [S] over the loader, in loader order."""
+def predict(model, loader, device, max_batches: int = None, flip: bool = False,
+            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores [S, K] (float32, CPU; see clip_scores) and labels [S] over the loader, in loader order."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_scores, all_labels = [], []
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         if max_batches is not None and i >= max_batches:
             break
-        all_logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+        all_scores.append(clip_scores(model, x.to(device, non_blocking=True), flip).float().cpu())
         all_labels.append(y)
-    return torch.cat(all_logits), torch.cat(all_labels)
+    return torch.cat(all_scores), torch.cat(all_labels)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -96,14 +119,13 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str)
     plt.close(fig)
 
 
-def write_evaluation(out_dir: Path, metrics: dict, logits: torch.Tensor, labels: torch.Tensor,
-                     dataset: ActionDataset, names: list[str], cfg: Config, checkpoint: str):
-    """metrics.json, per_class.csv, confusion.png and predictions.npz in `out_dir`."""
+def write_evaluation(out_dir: Path, metrics: dict, scores: torch.Tensor, labels: torch.Tensor, frame_dirs,
+                     names: list[str], title: str, details: dict):
+    """metrics.json (metrics plus `details`), per_class.csv, confusion.png and predictions.npz (frame_dir,
+    label, logits: the scores, probabilities: their softmax) in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = dict(metrics, checkpoint=str(checkpoint), split=dataset.split, dataset=cfg.data.dataset,
-                  protocol={"num_clips": 1, "flip_test": False, "stream": "joint"}, config=config_to_dict(cfg))
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-    predicted, truth = logits.argmax(dim=1).numpy(), labels.numpy()
+    (out_dir / "metrics.json").write_text(json.dumps(dict(metrics, **details), indent=2))
+    predicted, truth = scores.argmax(dim=1).numpy(), labels.numpy()
     matrix = confusion_matrix(predicted, truth, len(names))
     with open(out_dir / "per_class.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -111,14 +133,21 @@ def write_evaluation(out_dir: Path, metrics: dict, logits: torch.Tensor, labels:
         for c, name in enumerate(names):
             samples, correct = int(matrix[c].sum()), int(matrix[c, c])
             writer.writerow([c, name, samples, correct, f"{100.0 * correct / samples:.2f}" if samples else ""])
-    plot_confusion(matrix, names, out_dir / "confusion.png",
-                   f"{cfg.data.dataset} {dataset.split}: top-1 {metrics['top1']:.2f}%")
-    np.savez(out_dir / "predictions.npz", frame_dir=dataset.frame_dirs, label=truth, logits=logits.numpy())
+    plot_confusion(matrix, names, out_dir / "confusion.png", f"{title}: top-1 {metrics['top1']:.2f}%")
+    np.savez(out_dir / "predictions.npz", frame_dir=np.asarray(frame_dirs), label=truth, logits=scores.numpy(),
+             probabilities=scores.softmax(dim=1).numpy())
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None) -> dict:
+def log_metrics(what: str, metrics: dict, out_dir: Path):
+    log.info(f"{what} ({metrics['samples']} clips): loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2f}  "
+             f"top-5 {metrics['top5']:.2f}  mean class accuracy {metrics['mean_class_accuracy']:.2f}")
+    log.info(f"wrote metrics.json, per_class.csv, confusion.png, predictions.npz to {out_dir}")
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None) -> dict:
     """Evaluate a checkpoint on the validation split of the config; write the artefacts to `out_dir`
-    (default: '<checkpoint stem>_eval' beside the checkpoint). Returns the metrics."""
+    (default: '<checkpoint stem>_eval' beside the checkpoint) and, with `save_scores`, a copy of
+    predictions.npz there (for --ensemble). Returns the metrics."""
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else checkpoint.with_name(f"{checkpoint.stem}_eval")
     setup_logging()
@@ -131,11 +160,59 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None) -> dict:
         log.info(note)
     model.to(device)
     loader = eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers, device)
-    logits, labels = predict(model, loader, device)
-    metrics = classification_metrics(logits, labels)
-    write_evaluation(out_dir, metrics, logits, labels, dataset, names, cfg, str(checkpoint))
-    log.info(f"{checkpoint} on {cfg.data.dataset} {dataset.split} ({metrics['samples']} clips): "
-             f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  "
-             f"mean class accuracy {metrics['mean_class_accuracy']:.2f}")
-    log.info(f"wrote metrics.json, per_class.csv, confusion.png, predictions.npz to {out_dir}")
+    scores, labels = predict(model, loader, device, flip=cfg.data.flip_test)
+    metrics = classification_metrics(scores, labels)
+    details = {"checkpoint": str(checkpoint), "split": dataset.split, "dataset": cfg.data.dataset,
+               "protocol": {"num_clips": cfg.data.num_clips, "flip_test": cfg.data.flip_test,
+                            "stream": cfg.data.stream},
+               "config": config_to_dict(cfg)}
+    write_evaluation(out_dir, metrics, scores, labels, dataset.frame_dirs, names,
+                     f"{cfg.data.dataset} {dataset.split}", details)
+    if save_scores:
+        Path(save_scores).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out_dir / "predictions.npz", save_scores)
+    log_metrics(f"{checkpoint} on {cfg.data.dataset} {dataset.split}", metrics, out_dir)
+    return metrics
+
+
+def read_scores(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"scores file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in ("frame_dir", "label", "probabilities")}
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path} is not a scores file of evaluate_action.py --save-scores "
+                        f"({' '.join(str(e).split())[:120]})") from None
+
+
+def ensemble(cfg: Config, paths: list, weights: list = None, out_dir="ensemble_eval") -> dict:
+    """Fuse saved scores: the weighted mean of the class probabilities of several evaluations of the
+    same samples (e.g. joint, bone and motion streams). Writes the same artefacts as an evaluation."""
+    setup_logging()
+    weights = weights or [1.0] * len(paths)
+    if len(weights) != len(paths):
+        raise UserError(f"--weights gives {len(weights)} numbers for {len(paths)} score files")
+    runs = [read_scores(p) for p in paths]
+    order = np.argsort(runs[0]["frame_dir"])
+    frame_dirs, labels = runs[0]["frame_dir"][order], runs[0]["label"][order]
+    fused = np.zeros_like(runs[0]["probabilities"][order], dtype=np.float64)
+    for path, run, weight in zip(paths, runs, weights):
+        run_order = np.argsort(run["frame_dir"])
+        if not np.array_equal(run["frame_dir"][run_order], frame_dirs):
+            raise UserError(f"{path} covers other samples than {paths[0]}: fuse evaluations of the same split")
+        if not np.array_equal(run["label"][run_order], labels):
+            raise UserError(f"{path} gives other labels than {paths[0]} for the same samples")
+        if run["probabilities"].shape[1] != fused.shape[1]:
+            raise UserError(f"{path} has {run['probabilities'].shape[1]} classes, {paths[0]} {fused.shape[1]}")
+        fused += weight * run["probabilities"][run_order]
+    scores = torch.from_numpy(np.log(fused / sum(weights))).float()
+    labels = torch.from_numpy(labels).long()
+    metrics = classification_metrics(scores, labels)
+    out_dir = Path(out_dir)
+    names = class_names(cfg.data.action_classes, cfg.data.label_map)
+    write_evaluation(out_dir, metrics, scores, labels, frame_dirs, names, "ensemble",
+                     {"ensemble": [str(p) for p in paths], "weights": list(weights)})
+    log_metrics(f"ensemble of {len(paths)}", metrics, out_dir)
     return metrics

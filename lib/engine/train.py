@@ -169,7 +169,8 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
             bar.close()
             start_batch = 0
 
-            val_logits, val_labels = predict(model, val_batches, device, max_batches=1 if cfg.train.quickdebug else None)
+            val_logits, val_labels = predict(model, val_batches, device, max_batches=1 if cfg.train.quickdebug else None,
+                                             flip=cfg.data.flip_test)
             val = classification_metrics(val_logits, val_labels)
             lrs = scheduler.get_last_lr()
             scheduler.step()
