@@ -94,6 +94,8 @@ class TrainConfig:
     log: str = "run_action"
     seed: int = field(default=0, metadata=_range(0))
     device: str = "auto"  # auto, cpu, cuda or cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (no effect on the CPU)
+    compile: bool = False  # torch.compile the model for training
 
 
 @dataclass

@@ -36,10 +36,10 @@ class TqdmHandler(logging.StreamHandler):
         tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
 
 
-def setup_logging(log_file: Path = None):
-    """Messages of lib.* at INFO and above go to the console and, with timestamps, to `log_file`.
-    Each line once."""
-    LIB_LOGGER.setLevel(logging.INFO)
+def setup_logging(log_file: Path = None, quiet: bool = False):
+    """Messages of lib.* at INFO and above (WARNING when quiet) go to the console and, with timestamps,
+    to `log_file`. Each line once."""
+    LIB_LOGGER.setLevel(logging.WARNING if quiet else logging.INFO)
     LIB_LOGGER.propagate = False
     for handler in list(LIB_LOGGER.handlers):
         LIB_LOGGER.removeHandler(handler)

@@ -1,0 +1,93 @@
+"""Several processes with DistributedDataParallel, started by torchrun (which sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT); without torchrun, one process and every helper here is a no-op.
+gloo on CPU, NCCL on CUDA (one GPU per process)."""
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lib.engine.runtime import pick_device
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over the processes."""
+        if not self.enabled:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on any."""
+        return self.sum([float(flag)])[0] > 0
+
+    def gather(self, obj) -> list:
+        """The objects of all processes, in rank order."""
+        if not self.enabled:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def shard(self, items: list) -> list:
+        """This process's share: every world_size-th item from its rank on, all shares of equal length."""
+        usable = len(items) // self.world_size * self.world_size
+        return items[self.rank:usable:self.world_size]
+
+    def broadcast_buffers(self, model: torch.nn.Module):
+        """Copy rank 0's buffers (BatchNorm statistics) to every process."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.enabled:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def init_distributed(device_name: str) -> Distributed:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world_size == 1:
+        return Distributed(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=rank, world_size=world_size, device=device)
+
+
+def exit_process(ctx: Distributed, status: int = 0):
+    """End a distributed process: tear the process group down, flush, and leave at once. (Returning
+    normally after destroy_process_group() sometimes aborted one gloo rank at interpreter exit, a known
+    PyTorch teardown problem, so torchrun reported a failure for a finished run.) Single process: exit
+    with `status` unless it is 0, in which case return."""
+    if not ctx.enabled:
+        if status:
+            raise SystemExit(status)
+        return
+    dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

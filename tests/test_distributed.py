@@ -1,0 +1,73 @@
+"""Distributed training with a real two-process torchrun (gloo on the CPU)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib.data import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_ARGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml", "--hyper_cfg",
+             "hyper_config/method2/manual_joint_label1.yaml", "--hyper_relation_bias", "uniform", "--version", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    synthetic.write_pickle(synthetic.generate("demo", seed=0, num_samples=90), folder / "tiny.pkl")
+    overrides = [f"data_root={folder}", "dataset=tiny", "dim_rep=16", "depth=1", "num_heads=2", "clip_len=8",
+                 "maxlen=8", "hidden_dim=32", "num_workers=0", "device=cpu", "batch_size=4", "lr_head=0.003",
+                 "lr_backbone=0.003", "ckpt_save_frequency=1"]
+    return folder, [arg for o in overrides for arg in ("--set", o)]
+
+
+def run(command, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, **kwargs)
+
+
+def torchrun(*args):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "train_action.py", *SEED_ARGS, *map(str, args)])
+
+
+def test_two_process_training_writes_one_run_whose_validation_equals_a_single_process_evaluation(tiny):
+    folder, overrides = tiny
+    out = folder / "run"
+    result = torchrun("--checkpoint", out, *overrides, "--set", "epochs=2")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "x 2 processes" in result.stdout + result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["best_epoch.bin", "config.yaml", "epoch_1.bin", "epoch_2.bin",
+                                                     "latest_epoch.bin", "metrics.jsonl", "run_action.log",
+                                                     "tensorboard"]
+    log = (out / "run_action.log").read_text()
+    assert log.count("epoch 1: train loss") == 1 and log.count("epoch 2: train loss") == 1  # rank 0 only
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    state = torch.load(out / "latest_epoch.bin", weights_only=True)
+    assert len(state["rng"]["by_rank"]) == 2
+    assert not torch.equal(state["rng"]["by_rank"][0]["torch"], state["rng"]["by_rank"][1]["torch"])
+    # Batches of 4 per process, the epoch's batches shared out evenly: each process steps
+    # (training clips // 4 // 2) times an epoch.
+    train_clips = len(synthetic.generate("demo", seed=0, num_samples=90)["split"]["xsub_train"])
+    assert state["optimizer"]["state"][0]["step"].item() == 2 * (train_clips // 4 // 2)
+
+    evaluation = run([sys.executable, "evaluate_action.py", *SEED_ARGS, *overrides, "--evaluate",
+                      str(out / "latest_epoch.bin"), "--out-dir", str(folder / "eval")])
+    assert evaluation.returncode == 0, evaluation.stderr
+    single = json.loads((folder / "eval" / "metrics.json").read_text())
+    assert single["samples"] == len(synthetic.generate("demo", seed=0, num_samples=90)["split"]["xsub_val"])
+    assert records[-1]["val_top1"] == pytest.approx(single["top1"], abs=1e-9)
+    assert records[-1]["val_top5"] == pytest.approx(single["top5"], abs=1e-9)
+    assert records[-1]["val_loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+    resumed = torchrun("--checkpoint", out, *overrides, "--set", "epochs=3", "-r", out / "latest_epoch.bin")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert torch.load(out / "latest_epoch.bin", weights_only=True)["optimizer"]["state"][0]["step"].item() == \
+        3 * (train_clips // 4 // 2)
