@@ -17,6 +17,8 @@ def main(argv=None):
                         help="fuse the --save-scores files of several evaluations instead of evaluating")
     parser.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per --ensemble file")
     args = parser.parse_args(argv)
+    if args.weights and not args.ensemble:
+        raise UserError("--weights goes with --ensemble")
     cfg = config_from_args(args)
     if args.ensemble:
         ensemble(cfg, args.ensemble, args.weights, args.out_dir or "ensemble_eval")

@@ -4,6 +4,7 @@ Input `pose2d` [N, 2, T, 17, 3] (or [N, T, 17, 3] with --layout NTVC), N and T d
 `action_label` [N, K] logits. The check runs ONNX Runtime and PyTorch on random and real validation
 clips, batch 1 and 4, full and shorter T, prints the largest difference and fails above --tolerance.
 """
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def main(argv=None):
     print(f"exported {args.deployment} (opset {OPSET}): input {inputs.name} {inputs.shape}, "
           f"output action_label {onnx_model.session.get_outputs()[0].shape}")
 
-    val = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False)
+    single_clip = dataclasses.replace(cfg.data, num_clips=1)  # the exported model sees one clip at a time
+    val = ActionDataset(load_store(cfg.data.pickle_path), single_clip, train=False)
     real = np.stack([val[i][0] for i in range(min(4, len(val)))])
     differences = parity(exported, onnx_model.session, parity_inputs(cfg, args.layout, real))
     for name, difference in differences.items():

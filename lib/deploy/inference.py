@@ -46,7 +46,7 @@ class OnnxActionModel:
         self.layout = meta["layout"]
         self.scale_range = json.loads(meta["scale_range_test"])
         self.legacy_conf_order = json.loads(meta["legacy_conf_order"])
-        self.stream = meta["stream"]
+        self.stream = meta.get("stream", "joint")  # exports older than the stream option: joints
 
     def clip(self, keypoints: Keypoints) -> np.ndarray:
         """The validation pipeline: float32 [2, clip_len, 17, 3]."""

@@ -168,7 +168,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None)
                "config": config_to_dict(cfg)}
     write_evaluation(out_dir, metrics, scores, labels, dataset.frame_dirs, names,
                      f"{cfg.data.dataset} {dataset.split}", details)
-    if save_scores:
+    if save_scores and Path(save_scores).resolve() != (out_dir / "predictions.npz").resolve():
         Path(save_scores).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / "predictions.npz", save_scores)
     log_metrics(f"{checkpoint} on {cfg.data.dataset} {dataset.split}", metrics, out_dir)
@@ -194,6 +194,8 @@ def ensemble(cfg: Config, paths: list, weights: list = None, out_dir="ensemble_e
     weights = weights or [1.0] * len(paths)
     if len(weights) != len(paths):
         raise UserError(f"--weights gives {len(weights)} numbers for {len(paths)} score files")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise UserError(f"--weights must be non-negative with a positive sum, got {weights}")
     runs = [read_scores(p) for p in paths]
     order = np.argsort(runs[0]["frame_dir"])
     frame_dirs, labels = runs[0]["frame_dir"][order], runs[0]["label"][order]
@@ -204,8 +206,9 @@ def ensemble(cfg: Config, paths: list, weights: list = None, out_dir="ensemble_e
             raise UserError(f"{path} covers other samples than {paths[0]}: fuse evaluations of the same split")
         if not np.array_equal(run["label"][run_order], labels):
             raise UserError(f"{path} gives other labels than {paths[0]} for the same samples")
-        if run["probabilities"].shape[1] != fused.shape[1]:
-            raise UserError(f"{path} has {run['probabilities'].shape[1]} classes, {paths[0]} {fused.shape[1]}")
+        if run["probabilities"].shape[1] != cfg.data.action_classes:
+            raise UserError(f"{path} has scores for {run['probabilities'].shape[1]} classes, but action_classes "
+                            f"is {cfg.data.action_classes}: use the config the evaluations were made with")
         fused += weight * run["probabilities"][run_order]
     scores = torch.from_numpy(np.log(fused / sum(weights))).float()
     labels = torch.from_numpy(labels).long()

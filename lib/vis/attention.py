@@ -6,6 +6,7 @@ coloured by the attention each joint receives, of the hyperedge membership (vers
 sheet of all of them, and optionally the raw maps (attention.npz). Layers, heads, frames and persons
 are numbered from 0. Shapes: L layers, h heads, T frames (data.clip_len), V = 17 joints, K classes.
 """
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -361,7 +362,8 @@ def visualise_attention(cfg: Config, checkpoint, opts: VisOptions) -> list[Path]
     {attn_dir}/{index:05d}_{frame_dir}/; print one line per sample; return the folders."""
     check_options(opts, cfg)
     setup_logging()
-    dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False, seed=cfg.train.seed)
+    single_clip = dataclasses.replace(cfg.data, num_clips=1)  # maps of the evenly spaced test clip
+    dataset = ActionDataset(load_store(cfg.data.pickle_path), single_clip, train=False, seed=cfg.train.seed)
     indices = select_samples(dataset, opts.samples, opts.per_class)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
     device = pick_device(cfg.train.device)
