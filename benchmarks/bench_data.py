@@ -80,6 +80,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="demo-size data and fewer reads")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/data.json")
     args = p.parse_args()
+    from benchmarks.common import write_result
     from lib.config import DataConfig
     from lib.data import synthetic
     from lib.data.dataset import ActionDataset
@@ -132,9 +133,7 @@ def main():
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

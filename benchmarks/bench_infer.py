@@ -8,13 +8,10 @@ no_grad; the median of --repeats runs after one warm-up run. ONNX Runtime runs t
 lib.deploy.export with the session options of deployment/infer_action.py. Prints a table and writes JSON.
 """
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,20 +19,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import median_seconds, write_result  # noqa: E402
 from lib.config import load_yaml_config  # noqa: E402
 from lib.deploy.export import export_onnx  # noqa: E402
 from lib.deploy.inference import OnnxActionModel  # noqa: E402
 from lib.model.action import build_model  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -71,9 +59,7 @@ def main():
             result["pytorch_eager_ms"][str(batch)], result["onnxruntime_ms"][str(batch)] = eager, ort
             print(f"  batch {batch}: PyTorch eager {eager:8.1f} ms, ONNX Runtime {ort:8.1f} ms "
                   f"(ONNX Runtime {eager / ort:.2f}x the speed of eager)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

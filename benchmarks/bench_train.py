@@ -9,10 +9,8 @@ FLOPs: every Linear layer counted from its input size (2 * tokens * in * out), t
 --quick uses batch 2 at the default size.
 """
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import median_seconds, write_result  # noqa: E402
 from lib.config import load_yaml_config  # noqa: E402
 from lib.model.action import build_model  # noqa: E402
 from lib.model.attention import JointToHyperedgeAttention, SelfAttention  # noqa: E402
@@ -75,8 +74,7 @@ def step_seconds(model: nn.Module, batch: int, frames: int, classes: int, steps:
         loss.backward()
         optimizer.step()
 
-    step()
-    return statistics.median(_timed(step) for _ in range(steps))
+    return median_seconds(step, steps)
 
 
 def main():
@@ -108,9 +106,7 @@ def main():
         print(f"{name}: batch {batch}, T={frames}, C={run['dim']}, depth {run['depth']}: "
               f"{seconds:.2f} s a step, {run['samples_per_second']:.2f} samples/s, {run['step_gflop']:.0f} GFLOP "
               f"a step, {run['achieved_gflops']:.1f} GFLOP/s = {100 * run['share_of_peak']:.0f}% of the matmul peak")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
