@@ -76,6 +76,34 @@ def test_export_has_dynamic_batch_and_frames_and_parity(setup):
     assert np.abs(actual - expected).max() < 1e-4
 
 
+@pytest.mark.parametrize("overrides", [[], ["j2e_layout=reference"], ["version=1"], ["j2e_main=false"],
+                                       ["j2e_bias=false", "j2j_adjacency=false"]],
+                         ids=["standard", "reference", "version1", "bias-only", "no-biases"])
+def test_every_attention_exports_as_one_fused_node_with_parity(setup, overrides, tmp_path):
+    """Each attention becomes one ONNX Runtime MultiHeadAttention node (no Softmax left in the graph),
+    for every model variant, and the exported model matches PyTorch."""
+    import onnx
+
+    from lib.deploy.export import export_onnx
+
+    cfg = load_yaml_config(ROOT / SEED_FLAGS[1], ROOT / SEED_FLAGS[3],
+                           overrides=[o for o in setup["overrides"] if o != "--set"] + overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    export_onnx(model, cfg, [str(k) for k in range(60)], tmp_path / "m.onnx")
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    per_depth = 3 if cfg.model.version == 2 else 2
+    assert ops.count("MultiHeadAttention") == per_depth * cfg.model.depth and "Softmax" not in ops
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 2, 9, 17, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    actual = OnnxActionModel(tmp_path / "m.onnx").session.run(["action_label"], {"pose2d": x})[0]
+    assert np.abs(actual - expected).max() < 1e-5
+
+
 def test_ntvc_layout_is_single_person(setup):
     out, stdout = export(setup, "model_ntvc.onnx", "--layout", "NTVC")
     model = OnnxActionModel(out)

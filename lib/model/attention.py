@@ -1,35 +1,62 @@
 """Attention, MLP and stochastic depth for the skeleton transformer.
 
-Every attention computes softmax(q k^T * d^-0.5 + bias) v through `attend`: fused
-`scaled_dot_product_attention` normally, an explicit softmax when the caller asks for the
-attention probabilities (visualisation). Shapes: B' tokens groups (N*M*T for spatial attention over
-the V = 17 joints, N*M*V for temporal attention over the T frames), h heads, d = C / h.
+Every attention computes softmax(q k^T * d^-0.5 + bias) v through `multi_head_attention`: fused
+`scaled_dot_product_attention` normally, an explicit softmax when the caller asks for the attention
+probabilities (visualisation), and one fused ONNX Runtime node in an ONNX export. Shapes: B' token
+groups (N*M*T for spatial attention over the V = 17 joints, N*M*V for temporal attention over the T
+frames), h heads, d = C / h.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def attend(q, k, v, bias=None, return_probs: bool = False):
-    """softmax(q k^T * d^-0.5 + bias) v. q [B', h, Lq, d], k and v [B', h, Lk, d], bias broadcastable
-    to [B', h, Lq, Lk] or None. Returns (output [B', h, Lq, d], probabilities or None)."""
-    if not return_probs:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if bias is not None:
-        scores = scores + bias
-    probs = scores.softmax(dim=-1)
-    return probs @ v, probs
+def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool = False):
+    """softmax(q k^T * d^-0.5 + bias) v per head. q [B', Lq, C], k and v [B', Lk, C], bias broadcastable to
+    [B', h, Lq, Lk] or None. Returns (output [B', Lq, C], probabilities [B', h, Lq, Lk] or None).
+
+    While exporting to ONNX this is one fused ONNX Runtime node (`OnnxRuntimeMultiHeadAttention`)."""
+    if torch.onnx.is_in_onnx_export() and not return_probs:
+        if bias is not None:  # ONNX Runtime wants it as [B' or 1, h, Lq, Lk]
+            bias = bias.reshape(-1, *bias.shape[-3:]).expand(-1, -1, q.shape[1], -1)
+        return OnnxRuntimeMultiHeadAttention.apply(q, k, v, bias, num_heads), None
+    return split_head_attention(q, k, v, num_heads, bias, return_probs)
 
 
-def split_heads(x, num_heads: int):
-    """[B', L, C] -> [B', h, L, C / h]"""
-    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+def split_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool = False):
+    """`multi_head_attention` in PyTorch: fused `scaled_dot_product_attention` normally, an explicit
+    softmax when the probabilities are asked for."""
+    q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B', h, L, d]
+    if return_probs:
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        if bias is not None:
+            scores = scores + bias
+        probs = scores.softmax(dim=-1)
+        out = probs @ v
+    else:
+        out, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
+    return out.transpose(1, 2).flatten(2), probs  # [B', Lq, C]
 
 
-def merge_heads(x):
-    """[B', h, L, d] -> [B', L, h * d]"""
-    return x.transpose(1, 2).flatten(2)
+class OnnxRuntimeMultiHeadAttention(torch.autograd.Function):
+    """`multi_head_attention` exported as ONNX Runtime's com.microsoft MultiHeadAttention: one node that
+    splits the heads, scales, adds the bias and runs the softmax and both products, in place of about ten
+    standard ONNX nodes with two head transposes. Used only while exporting."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, num_heads):
+        return split_head_attention(q, k, v, num_heads, bias)[0]
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, num_heads):
+        def absent():
+            node = g.op("prim::Constant")
+            node.setType(torch._C.OptionalType.ofTensor())
+            return node
+
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, absent(), absent(),
+                   absent() if bias is None else bias, num_heads_i=num_heads)
+        return out.setType(q.type())  # [B', Lq, C] like q
 
 
 class DropPath(nn.Module):
@@ -73,9 +100,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, bias=None, return_probs: bool = False):
-        q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)  # 3 x [B', h, L, d]
-        out, probs = attend(q, k, v, bias, return_probs)
-        return self.proj(merge_heads(out)), probs
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B', L, C]
+        out, probs = multi_head_attention(q, k, v, self.num_heads, bias, return_probs)
+        return self.proj(out), probs
 
 
 class JointToJointAttention(SelfAttention):
@@ -139,13 +166,11 @@ class JointToHyperedgeAttention(nn.Module):
             q, e = reference_scramble(q, num_tokens), reference_scramble(e, num_tokens)
         else:
             value = self.v(x)
-        q, e, value = (split_heads(t, self.num_heads) for t in (q, e, value))  # [B', h, V, d]
-        head_dim = q.shape[-1]
         bias = None
         if self.use_bias:
-            key_bias = torch.einsum("bhkd,hd->bhk", e, self.w1)  # one bias per key (hyperedge token)
-            bias = key_bias.unsqueeze(2) * head_dim ** -0.5  # [B', h, 1, V], the same for every query
+            key_bias = torch.einsum("bkhd,hd->bhk", e.unflatten(-1, (self.num_heads, -1)), self.w1)  # one per key
+            bias = key_bias.unsqueeze(2) * self.w1.shape[1] ** -0.5  # [B', h, 1, V], the same for every query
         if not self.use_main:
-            q = torch.zeros_like(q)  # scores come from the bias alone
-        out, probs = attend(q, e, value, bias, return_probs)
-        return self.proj(merge_heads(out)), probs
+            q = q * 0.0  # scores come from the bias alone (zeros that keep the dynamic batch in an export)
+        out, probs = multi_head_attention(q, e, value, self.num_heads, bias, return_probs)
+        return self.proj(out), probs
