@@ -1,16 +1,21 @@
-"""Training throughput: samples/s of full training steps (forward, backward, AdamW) at the published
-default size and at the demo size, the analytic FLOPs of a step, this machine's fp32 matmul peak
-measured in the same run, and the share of that peak a step reaches. Prints a table, writes JSON.
+"""Training throughput: samples/s and peak memory of full training steps (forward, backward, AdamW) at the
+published default size, with and without micro-batches, and at the demo size; the analytic FLOPs of a
+step, this machine's fp32 matmul peak measured in the same run, and the share of that peak a step reaches.
+Prints a table, writes JSON.
 
-    python benchmarks/bench_train.py [--quick] [--steps 3] [--out benchmarks/results/train.json]
+    python benchmarks/bench_train.py [--quick] [--steps 2] [--out benchmarks/results/train.json]
 
 FLOPs: every Linear layer counted from its input size (2 * tokens * in * out), the attention products
 (2 * 2 * groups * heads * Lq * Lk * d); a training step is counted as 3 forwards (backward = 2 forwards).
---quick uses batch 2 at the default size.
+The recomputed forward of checkpointed micro-batches is not counted: the share of the peak is the
+useful work. Each setup runs in its own process, so its peak RSS is its own. --quick: 32-frame clips,
+batch 4, one measured step (a smoke run for the test suite).
 """
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +29,27 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import median_seconds, write_result  # noqa: E402
 from lib.config import load_yaml_config  # noqa: E402
+from lib.engine.runtime import micro_batch_size  # noqa: E402
 from lib.model.action import build_model  # noqa: E402
 from lib.model.attention import JointToHyperedgeAttention, SelfAttention  # noqa: E402
+
+DEFAULT = ROOT / "configs/action/train_NTU60_xsub_small.yaml"
+DEMO = ROOT / "configs/action/demo_synthetic.yaml"
+HYPER = ROOT / "hyper_config/method2/manual_joint_label1.yaml"
+
+
+def setups(quick: bool) -> list[dict]:
+    """name, config, batch, micro_batch (None: automatic), config overrides."""
+    if quick:
+        short = ["clip_len=32", "maxlen=32"]
+        return [dict(name="published size, T=32, whole batch", config=DEFAULT, batch=4, micro_batch=4, overrides=short),
+                dict(name="published size, T=32, micro-batches of 1", config=DEFAULT, batch=4, micro_batch=1,
+                     overrides=short),
+                dict(name="demo", config=DEMO, batch=None, micro_batch=None, overrides=[])]
+    return [dict(name="published size, whole batch", config=DEFAULT, batch=8, micro_batch=8, overrides=[]),
+            dict(name="published size, automatic micro-batches", config=DEFAULT, batch=8, micro_batch=None, overrides=[]),
+            dict(name="published size, batch 2", config=DEFAULT, batch=2, micro_batch=None, overrides=[]),
+            dict(name="demo", config=DEMO, batch=None, micro_batch=None, overrides=[])]
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -62,9 +86,17 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     return total[0]
 
 
-def step_seconds(model: nn.Module, batch: int, frames: int, classes: int, steps: int) -> float:
-    """Median time of full training steps after one warm-up step."""
+def run_setup(setup: dict, steps: int) -> dict:
+    """One setup in this process: median step time after one warm-up step, FLOPs, peak RSS."""
+    cfg = load_yaml_config(setup["config"], HYPER, overrides=setup["overrides"] + (
+        [] if setup["micro_batch"] is None else [f"micro_batch={setup['micro_batch']}"]))
+    batch = setup["batch"] or cfg.train.batch_size
+    micro_batch = micro_batch_size(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg, micro_batch)
+    frames, classes = cfg.data.clip_len, cfg.data.action_classes
     x, y = torch.randn(batch, 2, frames, 17, 3), torch.randint(0, classes, (batch,))
+    flops = 3 * forward_flops(model, x)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 
@@ -74,38 +106,43 @@ def step_seconds(model: nn.Module, batch: int, frames: int, classes: int, steps:
         loss.backward()
         optimizer.step()
 
-    return median_seconds(step, steps)
+    seconds = median_seconds(step, steps)
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) * 1024
+    return {"setup": setup["name"], "batch": batch, "micro_batch": micro_batch if 0 < micro_batch < batch else batch,
+            "frames": frames, "dim": cfg.model.dim_rep, "depth": cfg.model.depth, "step_seconds": seconds,
+            "samples_per_second": batch / seconds, "step_gflop": flops / 1e9, "achieved_gflops": flops / seconds / 1e9,
+            "peak_rss_bytes": peak}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="batch 2 at the default size")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="32-frame clips, batch 4, one measured step")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per setup (default 2, 1 with --quick)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/train.json")
+    p.add_argument("--setup-index", type=int, default=None, help=argparse.SUPPRESS)  # internal: one setup, JSON out
     args = p.parse_args()
+    steps = args.steps or (1 if args.quick else 2)
+    if args.setup_index is not None:
+        print(json.dumps(run_setup(setups(args.quick)[args.setup_index], steps)))
+        return
     peak = matmul_peak_gflops()
-    hyper = ROOT / "hyper_config/method2/manual_joint_label1.yaml"
-    setups = [("default (NTU60 xsub)", ROOT / "configs/action/train_NTU60_xsub_small.yaml", 2 if args.quick else 8),
-              ("demo", ROOT / "configs/action/demo_synthetic.yaml", None)]
     result = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "platform": platform.platform()},
-              "matmul_peak_gflops": peak, "runs": []}
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads, torch {torch.__version__})")
-    for name, config, batch in setups:
-        cfg = load_yaml_config(config, hyper)
-        batch = batch or cfg.train.batch_size
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        frames = cfg.data.clip_len
-        flops = 3 * forward_flops(model, torch.randn(batch, 2, frames, 17, 3))
-        seconds = step_seconds(model, batch, frames, cfg.data.action_classes, args.steps)
-        run = {"setup": name, "batch": batch, "frames": frames, "dim": cfg.model.dim_rep, "depth": cfg.model.depth,
-               "step_seconds": seconds, "samples_per_second": batch / seconds, "step_gflop": flops / 1e9,
-               "achieved_gflops": flops / seconds / 1e9, "share_of_peak": flops / seconds / 1e9 / peak}
+              "matmul_peak_gflops": peak, "measured_steps": steps, "runs": []}
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads, torch {torch.__version__}); "
+          f"median of {steps} step(s) after a warm-up step")
+    for index, setup in enumerate(setups(args.quick)):
+        command = [sys.executable, __file__, "--setup-index", str(index), "--steps", str(steps)]
+        out = subprocess.run(command + (["--quick"] if args.quick else []), check=True, capture_output=True,
+                             text=True).stdout
+        run = json.loads(out.strip().splitlines()[-1])
+        run["share_of_peak"] = run["achieved_gflops"] / peak
         result["runs"].append(run)
-        print(f"{name}: batch {batch}, T={frames}, C={run['dim']}, depth {run['depth']}: "
-              f"{seconds:.2f} s a step, {run['samples_per_second']:.2f} samples/s, {run['step_gflop']:.0f} GFLOP "
-              f"a step, {run['achieved_gflops']:.1f} GFLOP/s = {100 * run['share_of_peak']:.0f}% of the matmul peak")
+        chunks = f"micro-batch {run['micro_batch']}" if run["micro_batch"] < run["batch"] else "whole batch"
+        print(f"{run['setup']}: batch {run['batch']} ({chunks}), T={run['frames']}, C={run['dim']}, depth "
+              f"{run['depth']}: {run['step_seconds']:.2f} s a step, {run['samples_per_second']:.2f} samples/s, "
+              f"{run['step_gflop']:.0f} GFLOP a step, {run['achieved_gflops']:.1f} GFLOP/s = "
+              f"{100 * run['share_of_peak']:.0f}% of the matmul peak, peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GiB")
     write_result(result, args.out)
 
 

@@ -96,6 +96,12 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     amp: bool = True  # bf16 autocast on CUDA (no effect on the CPU)
     compile: bool = False  # torch.compile the model for training
+    # Clips per backbone pass in training and evaluation (the head and its BatchNorm see the whole batch).
+    # Fewer than batch_size: training recomputes each chunk's activations in the backward pass (activation
+    # checkpointing): less memory for one more backbone forward. null: automatic, the whole batch on CUDA;
+    # on the CPU the most clips whose largest activation stays under 32 MiB (2 at the published size), above
+    # which every allocation gets fresh pages from the kernel and page faults dominate the step.
+    micro_batch: Optional[int] = field(default=None, metadata=_range(1))
 
 
 @dataclass
@@ -193,7 +199,7 @@ def _coerce(value, tp, key: str, source: str):
 
 
 def _check_range(value, meta: dict, key: str, source: str):
-    if "range" not in meta:
+    if "range" not in meta or value is None:  # None: an Optional field left unset
         return
     lo, hi, lo_open, hi_open = meta["range"]
     too_low = lo is not None and (value <= lo if lo_open else value < lo)

@@ -364,8 +364,8 @@ def test_the_other_seed_configs_train_a_quickdebug_epoch(config, data, reference
 def test_quickdebug_runs_one_training_and_one_validation_batch_per_epoch(data, tmp_path, monkeypatch):
     forwards = []  # (training mode, batch size) of every forward pass of the model
 
-    def counting_build_model(cfg):
-        model = build_model(cfg)
+    def counting_build_model(cfg, micro_batch=0):
+        model = build_model(cfg, micro_batch)
         model.register_forward_hook(lambda module, args, output: forwards.append((module.training, len(args[0]))))
         return model
 

@@ -18,7 +18,7 @@ from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.data.pyskl import load_store
 from lib.engine.checkpoint import load_model_weights
-from lib.engine.runtime import pick_device, setup_logging
+from lib.engine.runtime import micro_batch_size, pick_device, setup_logging
 from lib.errors import UserError
 from lib.model.action import build_model
 
@@ -154,7 +154,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None)
     device = pick_device(cfg.train.device)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
     dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False, seed=cfg.train.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, micro_batch_size(cfg, device))
     note = load_model_weights(model, checkpoint)
     if note:
         log.info(note)

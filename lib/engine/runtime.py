@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lib.config import Config
 from lib.errors import UserError
 
 LIB_LOGGER = logging.getLogger("lib")  # every module's logging.getLogger(__name__) reports here
@@ -20,6 +21,22 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
     return torch.device(name)
+
+
+GLIBC_MMAP_CEILING = 32 * 2 ** 20  # glibc's malloc maps blocks above this fresh from the kernel, every time
+
+
+def micro_batch_size(cfg: Config, device: torch.device) -> int:
+    """Clips per backbone pass (0: the whole batch): `train.micro_batch`, or automatically the whole batch
+    on CUDA and, on the CPU, the most clips whose widest activation (two persons x T x 17 joints x the
+    widest of the qkv and MLP projections, fp32) stays under glibc's 32 MiB mmap ceiling."""
+    if cfg.train.micro_batch is not None:
+        return cfg.train.micro_batch
+    if device.type != "cpu":
+        return 0
+    widest = max(3 * cfg.model.dim_rep, int(cfg.model.dim_rep * cfg.model.mlp_ratio))
+    clip_bytes = 2 * cfg.data.clip_len * cfg.model.num_joints * widest * 4
+    return max(1, GLIBC_MMAP_CEILING // clip_bytes)
 
 
 def seed_everything(seed: int):

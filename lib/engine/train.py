@@ -28,7 +28,7 @@ from lib.data.dataset import build_datasets
 from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, match_state_dict, save_checkpoint
 from lib.engine.evaluate import classification_metrics, eval_loader, ignore_interrupts, predict, topk_correct
 from lib.engine.distributed import Distributed, exit_process, init_distributed
-from lib.engine.runtime import seed_everything, setup_logging
+from lib.engine.runtime import micro_batch_size, seed_everything, setup_logging
 from lib.errors import UserError
 from lib.model.action import build_model
 from lib.model.convert_reference import load_checkpoint
@@ -103,7 +103,8 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
         raise UserError(f"the training split has {len(train_set)} samples, fewer than batch_size "
                         f"{cfg.train.batch_size} x {ctx.world_size} processes; lower batch_size")
 
-    model = build_model(cfg)
+    micro_batch = micro_batch_size(cfg, device)
+    model = build_model(cfg, micro_batch)
     if cfg.train.finetune and not resume:
         if not cfg.train.backbone_ckpt:
             raise UserError("finetuning needs a pretrained backbone: set backbone_ckpt in the config "
@@ -167,7 +168,8 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set)} validation clips, "
              f"{params:,} trainable parameters, device {device}"
-             f"{f' x {ctx.world_size} processes' if ctx.enabled else ''}{', bf16 autocast' if amp else ''}, "
+             f"{f' x {ctx.world_size} processes' if ctx.enabled else ''}{', bf16 autocast' if amp else ''}"
+             f"{f', backbone on {micro_batch} clips at a time' if 0 < micro_batch < cfg.train.batch_size else ''}, "
              f"output {out}")
     writer = SummaryWriter(out / "tensorboard") if ctx.is_main else None
     metrics_file = open(out / "metrics.jsonl", "a" if resume else "w") if ctx.is_main else None

@@ -1,7 +1,9 @@
 """The action model: the backbone on every person, a head over time, joints and persons.
 [N, M, T, 17, 3] -> logits [N, K] (or an embedding [N, hidden_dim] with the `embed` head)."""
+import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lib import skeleton
 from lib.config import Config
@@ -38,19 +40,35 @@ class EmbeddingHead(nn.Module):
 
 
 class ActionNet(nn.Module):
-    def __init__(self, backbone: SkeletonBackbone, head: nn.Module):
+    """`micro_batch` > 0 runs the backbone on that many clips at a time (see `backbone_features`)."""
+
+    def __init__(self, backbone: SkeletonBackbone, head: nn.Module, micro_batch: int = 0):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.micro_batch = micro_batch
 
     def forward(self, x, return_attention: bool = False):
         """x [N, M, T, V, Cin] -> [N, K]; with return_attention also the backbone's attention maps
         (their leading dimension folds N*M, person-major)."""
         n, m = x.shape[:2]
-        out = self.backbone(x.flatten(0, 1), return_attention)  # [N*M, T, V, C]
-        features, maps = out if return_attention else (out, None)
-        logits = self.head(features.unflatten(0, (n, m)))
-        return (logits, maps) if return_attention else logits
+        if return_attention:
+            features, maps = self.backbone(x.flatten(0, 1), return_attention=True)  # [N*M, T, V, C]
+            return self.head(features.unflatten(0, (n, m))), maps
+        return self.head(self.backbone_features(x.flatten(0, 1), m).unflatten(0, (n, m)))
+
+    def backbone_features(self, sequences, persons: int):
+        """[N*M, T, V, Cin] -> [N*M, T, V, C], `micro_batch` clips at a time when that is fewer than the
+        batch. With gradients each chunk is checkpointed: its activations are dropped after the forward
+        pass and recomputed (with the same random numbers) in the backward pass, so one chunk's activations
+        are alive at a time. The result equals one pass over the whole batch; the head, with its
+        BatchNorm, always sees the whole batch."""
+        chunk = self.micro_batch * persons
+        if not self.micro_batch or len(sequences) <= chunk:
+            return self.backbone(sequences)
+        if torch.is_grad_enabled():
+            return torch.cat([checkpoint(self.backbone, part, use_reentrant=False) for part in sequences.split(chunk)])
+        return torch.cat([self.backbone(part) for part in sequences.split(chunk)])
 
 
 def backbone_config(cfg: Config) -> BackboneConfig:
@@ -62,11 +80,11 @@ def backbone_config(cfg: Config) -> BackboneConfig:
         j2e_main=m.j2e_main, j2e_bias=m.j2e_bias)
 
 
-def build_model(cfg: Config) -> ActionNet:
+def build_model(cfg: Config, micro_batch: int = 0) -> ActionNet:
     m = cfg.model
     in_dim = skeleton.NUM_JOINTS * m.dim_rep
     if m.model_version == "class":
         head = ClassificationHead(in_dim, m.hidden_dim, cfg.data.action_classes, m.dropout_ratio)
     else:
         head = EmbeddingHead(in_dim, m.hidden_dim, m.dropout_ratio)
-    return ActionNet(SkeletonBackbone(backbone_config(cfg)), head)
+    return ActionNet(SkeletonBackbone(backbone_config(cfg)), head, micro_batch)
