@@ -3,6 +3,9 @@
 Input `pose2d` [N, 2, T, 17, 3] (or [N, T, 17, 3] with --layout NTVC), N and T dynamic; output
 `action_label` [N, K] logits. The check runs ONNX Runtime and PyTorch on random and real validation
 clips, batch 1 and 4, full and shorter T, prints the largest difference and fails above --tolerance.
+With --quantize int8 (dynamic int8 Linear layers, faster on the CPU) the differences are only printed;
+the check is then the top-1 agreement with PyTorch on up to --check-clips validation clips, which must
+reach --min-agreement.
 """
 import dataclasses
 import sys
@@ -41,11 +44,26 @@ def parity_inputs(cfg, layout: str, real_clips: np.ndarray) -> dict[str, np.ndar
     return {name: x[:, 0].copy() for name, x in inputs.items()} if layout == "NTVC" else inputs
 
 
+def top1_agreement(exported, session, clips: np.ndarray, batch: int = 16) -> int:
+    """How many clips get the same top-1 class from ONNX Runtime and PyTorch."""
+    same = 0
+    for start in range(0, len(clips), batch):
+        x = clips[start:start + batch]
+        expected = exported(torch.from_numpy(x)).argmax(1).numpy()
+        same += int((session.run(["action_label"], {"pose2d": x})[0].argmax(1) == expected).sum())
+    return same
+
+
 def main(argv=None):
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--layout", choices=["NMTVC", "NTVC"], default="NMTVC",
                         help="NMTVC: pose2d [N, 2, T, 17, 3] (default); NTVC: one person, [N, T, 17, 3]")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch|")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (fp32)")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8: dynamic int8 quantization of the Linear layers")
+    parser.add_argument("--check-clips", type=int, default=256, help="validation clips of the int8 agreement check")
+    parser.add_argument("--min-agreement", type=float, default=0.95,
+                        help="least share of validation clips whose int8 top-1 class equals PyTorch's")
     args = parser.parse_args(argv)
     if not args.evaluate or not args.deployment:
         raise UserError("--evaluate CKPT and --deployment OUT.onnx are both required")
@@ -56,11 +74,11 @@ def main(argv=None):
     note = load_model_weights(model, args.evaluate)
     if note:
         print(note)
-    exported = export_onnx(model, cfg, names, args.deployment, args.layout)
+    exported = export_onnx(model, cfg, names, args.deployment, args.layout, args.quantize)
     onnx_model = OnnxActionModel(args.deployment)
     inputs = onnx_model.session.get_inputs()[0]
-    print(f"exported {args.deployment} (opset {OPSET}): input {inputs.name} {inputs.shape}, "
-          f"output action_label {onnx_model.session.get_outputs()[0].shape}")
+    print(f"exported {args.deployment} (opset {OPSET}{', int8 Linear layers' if args.quantize == 'int8' else ''}): "
+          f"input {inputs.name} {inputs.shape}, output action_label {onnx_model.session.get_outputs()[0].shape}")
 
     single_clip = dataclasses.replace(cfg.data, num_clips=1)  # the exported model sees one clip at a time
     val = ActionDataset(load_store(cfg.data.pickle_path), single_clip, train=False)
@@ -69,6 +87,17 @@ def main(argv=None):
     for name, difference in differences.items():
         print(f"  {name:<28} max |ONNX - PyTorch| = {difference:.2e}")
     worst = max(differences.values())
+    if args.quantize == "int8":
+        clips = np.stack([val[i][0] for i in range(min(args.check_clips, len(val)))])
+        if args.layout == "NTVC":
+            clips = clips[:, 0].copy()
+        same = top1_agreement(exported, onnx_model.session, clips)
+        print(f"int8: top-1 class equal to PyTorch's on {same} of {len(clips)} validation clips "
+              f"({100 * same / len(clips):.1f}%)")
+        if same < args.min_agreement * len(clips):
+            raise UserError(f"the int8 model agrees with PyTorch on {same}/{len(clips)} validation clips, fewer "
+                            f"than --min-agreement {args.min_agreement}; export without --quantize")
+        return
     if worst > args.tolerance:
         raise UserError(f"the ONNX model differs from PyTorch by {worst:.2e} > {args.tolerance:.0e}")
     print(f"parity ok: largest difference {worst:.2e} <= {args.tolerance:.0e}")

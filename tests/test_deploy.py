@@ -1,5 +1,6 @@
 """ONNX export with parity, and torch-free inference that matches evaluate_action.py."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,34 @@ def test_every_attention_exports_as_one_fused_node_with_parity(setup, overrides,
         expected = model(torch.from_numpy(x)).numpy()
     actual = OnnxActionModel(tmp_path / "m.onnx").session.run(["action_label"], {"pose2d": x})[0]
     assert np.abs(actual - expected).max() < 1e-5
+
+
+def test_int8_export_quantizes_the_linear_layers_and_checks_agreement(setup):
+    import onnx
+
+    out, stdout = export(setup, "model_int8.onnx", "--quantize", "int8", "--min-agreement", "0")
+    graph = onnx.load(str(out))
+    ops = [node.op_type for node in graph.graph.node]
+    constant = {init.name for init in graph.graph.initializer}
+    float_linear = [n for n in graph.graph.node if n.op_type == "MatMul" and any(i in constant for i in n.input)]
+    assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops
+    assert not float_linear and ops.count("MultiHeadAttention") == 6  # attention stays fp32
+    assert {p.key: p.value for p in graph.metadata_props}["quantization"] == "int8"
+    val_clips = len(setup["data"]["split"]["xsub_val"])
+    assert re.search(rf"int8: top-1 class equal to PyTorch's on \d+ of {val_clips} validation clips", stdout)
+    model = OnnxActionModel(out)
+    torch_model = build_model(setup["cfg"]).eval()
+    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
+    x = np.random.default_rng(4).uniform(-1, 1, (3, 2, 12, 17, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.from_numpy(x)).numpy()
+    actual = model.session.run(["action_label"], {"pose2d": x})[0]
+    assert 0 < np.abs(actual - expected).max() < 0.1 * np.abs(expected).max()  # quantized, yet the same model
+    refused = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment",
+                  setup["tmp"] / "refused.onnx", *setup["overrides"], "--quantize", "int8", "--min-agreement", "1.01",
+                  check=False)
+    assert refused.returncode == 2 and "export without --quantize" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_ntvc_layout_is_single_person(setup):

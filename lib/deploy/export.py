@@ -10,7 +10,8 @@ metadata (class names, clip length, preprocessing options), so inference needs o
 
 Each attention is exported as one ONNX Runtime `com.microsoft.MultiHeadAttention` node
 (lib.model.attention), which ONNX Runtime runs with a fused kernel on every execution provider; the rest
-of the graph is standard opset 17.
+of the graph is standard opset 17. `quantize='int8'` then quantizes the Linear layers dynamically
+(`quantize_int8`).
 """
 import json
 import logging
@@ -38,8 +39,10 @@ class SinglePersonInput(nn.Module):
         return self.model(torch.stack([pose2d, torch.zeros_like(pose2d)], dim=1))
 
 
-def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, layout: str = "NMTVC"):
-    """Write the model (eval mode, CPU) to `path` with dynamic N and T. Returns the exported module."""
+def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, layout: str = "NMTVC",
+                quantize: str = "none"):
+    """Write the model (eval mode, CPU) to `path` with dynamic N and T, `quantize` 'none' or 'int8'.
+    Returns the exported module."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
@@ -53,11 +56,32 @@ def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, lay
             exported, (dummy,), str(path), input_names=["pose2d"], output_names=["action_label"],
             opset_version=OPSET, custom_opsets={"com.microsoft": 1}, dynamo=False,
             dynamic_axes={"pose2d": {0: "batch", frame_axis: "frames"}, "action_label": {0: "batch"}})
-    write_metadata(path, cfg, class_names, layout)
+    if quantize == "int8":
+        quantize_int8(path)
+    write_metadata(path, cfg, class_names, layout, quantize)
     return exported
 
 
-def write_metadata(path: Path, cfg: Config, class_names: list[str], layout: str):
+def quantize_int8(path: Path):
+    """Rewrite the model at `path` with dynamic int8 quantization of every MatMul with a constant weight
+    (the Linear layers): int8 weights, one scale per output channel, activations quantized on the fly by
+    ONNX Runtime (DynamicQuantizeMatMul, VNNI/AVX2 integer kernels). Attention, LayerNorm, GELU and the
+    residual sums stay fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = path.with_name(path.stem + ".fp32.tmp.onnx")
+    path.replace(fp32)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer advises, on the root logger, a pre-processing it does not need here
+    try:
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+    finally:
+        root.setLevel(level)
+        fp32.unlink()
+
+
+def write_metadata(path: Path, cfg: Config, class_names: list[str], layout: str, quantization: str = "none"):
     import onnx
 
     model = onnx.load(str(path))
@@ -66,6 +90,7 @@ def write_metadata(path: Path, cfg: Config, class_names: list[str], layout: str)
         "clip_len": str(cfg.data.clip_len),
         "max_frames": str(cfg.model.maxlen),
         "layout": layout,
+        "quantization": quantization,
         "scale_range_test": json.dumps(cfg.data.scale_range_test),
         "legacy_conf_order": json.dumps(cfg.data.legacy_conf_order),
         "stream": cfg.data.stream,
