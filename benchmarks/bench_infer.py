@@ -1,64 +1,101 @@
-"""Inference benchmark: PyTorch eager against ONNX Runtime for the action model on CPU.
+"""Inference benchmark: PyTorch eager against ONNX Runtime (fp32, and int8 Linear layers) on the CPU.
 
-    python benchmarks/bench_infer.py [--config configs/action/train_NTU60_xsub_small.yaml] [--batch 1 8]
-                                     [--repeats 5] [--threads N] [--out benchmarks/results/infer.json]
+    python benchmarks/bench_infer.py [--quick] [--batch 1 8] [--rounds 3] [--repeats 3] [--threads N]
+                                     [--out benchmarks/results/infer.json]
 
-One 2-person clip of clip_len frames (243 for the published configs), random weights, eval mode,
-no_grad; the median of --repeats runs after one warm-up run. ONNX Runtime runs the model exported by
-lib.deploy.export with the session options of deployment/infer_action.py. Prints a table and writes JSON.
+Random weights at the published size (C=128, depth 6), 2-person clips of clip_len frames (243), eval
+mode. PyTorch runs under no_grad with the backbone micro-batches that evaluation uses on the CPU; ONNX
+Runtime runs the models written by lib.deploy.export with the session options of
+deployment/infer_action.py (graph optimisation ORT_ENABLE_ALL, --threads intra-op threads). The three
+engines take turns: each round runs every engine once to warm up and then --repeats times, with a pause
+between engines, so that a slower or faster spell of a shared machine reaches all of them; the table
+shows the median over the rounds. --quick: 32-frame clips, batches 1 and 2, one round (a smoke run).
 """
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import median_seconds, write_result  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from lib.config import load_yaml_config  # noqa: E402
 from lib.deploy.export import export_onnx  # noqa: E402
 from lib.deploy.inference import OnnxActionModel  # noqa: E402
+from lib.engine.runtime import micro_batch_size  # noqa: E402
 from lib.model.action import build_model  # noqa: E402
+
+
+def timed_runs(fn, repeats: int) -> list[float]:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs/action/train_NTU60_xsub_small.yaml"))
     p.add_argument("--hyper_cfg", default=str(ROOT / "hyper_config/method2/manual_joint_label1.yaml"))
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="32-frame clips, batches 1 and 2, one round")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
+    p.add_argument("--rounds", type=int, default=None, help="turns of the three engines (default 3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per engine and round")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of PyTorch and ONNX Runtime")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/infer.json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_yaml_config(args.config, args.hyper_cfg)
+    batches = args.batch or ([1, 2] if args.quick else [1, 8])
+    rounds = args.rounds or (1 if args.quick else 3)
+    repeats = 1 if args.quick else args.repeats
+    torch.set_num_threads(args.threads)
+    cfg = load_yaml_config(args.config, args.hyper_cfg, overrides=["clip_len=32", "maxlen=32"] if args.quick else [])
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_model(cfg, micro_batch_size(cfg, torch.device("cpu"))).eval()
     frames = cfg.data.clip_len
-    result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "platform": platform.platform()},
-              "config": Path(args.config).name, "frames": frames, "persons": 2, "pytorch_eager_ms": {},
-              "onnxruntime_ms": {}}
+    engines = {"pytorch_eager": None, "onnxruntime_fp32": None, "onnxruntime_int8": None}
     with tempfile.TemporaryDirectory() as folder:
-        onnx_path = Path(folder) / "model.onnx"
-        export_onnx(model, cfg, [str(k) for k in range(cfg.data.action_classes)], onnx_path)
-        session = OnnxActionModel(onnx_path, args.threads).session
-    print(f"{Path(args.config).name}: C={cfg.model.dim_rep}, depth {cfg.model.depth}, T={frames}, 2 persons, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
+        for name, quantize in (("onnxruntime_fp32", "none"), ("onnxruntime_int8", "int8")):
+            path = Path(folder) / f"{name}.onnx"
+            export_onnx(model, cfg, [str(k) for k in range(cfg.data.action_classes)], path, quantize=quantize)
+            engines[name] = OnnxActionModel(path, args.threads).session
+    result = {"machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+                          "onnxruntime": onnxruntime.__version__, "platform": platform.platform()},
+              "config": Path(args.config).name, "frames": frames, "persons": 2, "rounds": rounds, "repeats": repeats,
+              "eager_micro_batch": model.micro_batch, "session_options": "ORT_ENABLE_ALL, intra_op_num_threads",
+              "ms": {name: {} for name in engines}}
+    print(f"{Path(args.config).name}: C={cfg.model.dim_rep}, depth {cfg.model.depth}, T={frames}, 2 persons; "
+          f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads; "
+          f"median of {rounds} rounds x {repeats} runs")
     with torch.no_grad():
-        for batch in args.batch:
+        for batch in batches:
             x = torch.randn(batch, 2, frames, 17, 3)
-            eager = median_seconds(lambda: model(x), args.repeats) * 1000
-            ort = median_seconds(lambda: session.run(["action_label"], {"pose2d": x.numpy()}), args.repeats) * 1000
-            result["pytorch_eager_ms"][str(batch)], result["onnxruntime_ms"][str(batch)] = eager, ort
-            print(f"  batch {batch}: PyTorch eager {eager:8.1f} ms, ONNX Runtime {ort:8.1f} ms "
-                  f"(ONNX Runtime {eager / ort:.2f}x the speed of eager)")
+            run = {"pytorch_eager": lambda: model(x),
+                   "onnxruntime_fp32": lambda: engines["onnxruntime_fp32"].run(None, {"pose2d": x.numpy()}),
+                   "onnxruntime_int8": lambda: engines["onnxruntime_int8"].run(None, {"pose2d": x.numpy()})}
+            times = {name: [] for name in run}
+            for _ in range(rounds):
+                for name, fn in run.items():
+                    time.sleep(0.3)  # let the other engine's threads go idle
+                    times[name] += timed_runs(fn, repeats)
+            ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+            for name, value in ms.items():
+                result["ms"][name][str(batch)] = value
+            eager = ms["pytorch_eager"]
+            print(f"  batch {batch}: PyTorch eager {eager:8.1f} ms | ONNX Runtime fp32 {ms['onnxruntime_fp32']:8.1f} ms "
+                  f"({eager / ms['onnxruntime_fp32']:.2f}x eager) | ONNX Runtime int8 {ms['onnxruntime_int8']:8.1f} ms "
+                  f"({eager / ms['onnxruntime_int8']:.2f}x eager)")
     write_result(result, args.out)
 
 
