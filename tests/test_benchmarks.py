@@ -39,7 +39,7 @@ def test_bench_train_quick_reports_steps_flops_peak_and_memory(tmp_path):
     assert whole["micro_batch"] == whole["batch"] == 4 and micro["micro_batch"] == 1
     assert whole["step_gflop"] == micro["step_gflop"] > 0  # the recomputation is not useful work
     for run in report["runs"]:
-        assert run["step_seconds"] > 0 and run["peak_rss_bytes"] > 0
+        assert run["step_seconds"] > 0 and run["peak_memory_bytes"] > 0
         assert run["share_of_peak"] == run["achieved_gflops"] / report["matmul_peak_gflops"]
         assert run["samples_per_second"] == run["batch"] / run["step_seconds"]
     assert "% of the matmul peak" in result.stdout
