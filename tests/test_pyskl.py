@@ -95,6 +95,42 @@ def test_round_trip_and_cache(tmp_path, monkeypatch):
             np.testing.assert_array_equal(x, y)
 
 
+# Loads the store in a fresh process and appends a line to `packed_log` each time it packs the pickle.
+CONCURRENT_LOADER = """
+import sys
+sys.path.insert(0, {root!r})
+import lib.data.pyskl as pyskl
+original = pyskl._pack_in_child_process
+def logged(*args):
+    with open({packed_log!r}, "a") as f:
+        f.write("packed\\n")
+    return original(*args)
+pyskl._pack_in_child_process = logged
+store = pyskl.load_store({pickle!r})
+print(len(store), float(store.keypoint.sum()))
+"""
+
+
+def test_processes_starting_together_pack_the_cache_once(tmp_path):
+    """DDP ranks load the same pickle at the same moment: one packs the cache, the others wait for it
+    and map it; all see the same data and none warns."""
+    import subprocess
+    import sys
+
+    data = tiny_dataset()
+    path = write_pickle(tmp_path / "tiny.pkl", data)
+    code = CONCURRENT_LOADER.format(root=str(pathlib.Path(__file__).resolve().parents[1]),
+                                    packed_log=str(tmp_path / "packed.log"), pickle=str(path))
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert len({stdout for stdout, _ in outputs}) == 1 and not any(stderr for _, stderr in outputs)
+    assert (tmp_path / "packed.log").read_text().splitlines() == ["packed"]
+    assert_store_matches(load_store(path), data)
+    assert sorted(p.name for p in (tmp_path / ".cache").iterdir()) == ["tiny", "tiny.lock"]  # no temporary left
+
+
 def test_without_cache_gives_the_same_store(tmp_path):
     data = tiny_dataset()
     path = write_pickle(tmp_path / "tiny.pkl", data)

@@ -13,6 +13,7 @@ pickle's size or modification time changes.
 """
 import _compat_pickle
 import concurrent.futures
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -270,12 +271,19 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
             return store
         tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            _pack_in_child_process(path, tmp, fingerprint)
-            shutil.rmtree(cache, ignore_errors=True)
-            os.replace(tmp, cache)
-            return _open_just_packed(cache, fingerprint, path)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with open(cache.with_name(f"{cache.name}.lock"), "w") as lock:
+                # One process packs; the others (DDP ranks, parallel jobs) wait, then map its cache.
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                store = open_packed(cache, fingerprint, path)
+                if store is not None:
+                    return store
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                _pack_in_child_process(path, tmp, fingerprint)
+                shutil.rmtree(cache, ignore_errors=True)  # a stale cache of an older version of the pickle
+                os.replace(tmp, cache)
+                return _open_just_packed(cache, fingerprint, path)
         except OSError as e:
             log.warning("could not write the keypoint cache in %s (%s); the pickle will be parsed again "
                         "on the next start", cache, e)
