@@ -272,7 +272,8 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
         tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            with open(cache.with_name(f"{cache.name}.lock"), "w") as lock:
+            lock = os.open(cache.parent, os.O_RDONLY)
+            try:
                 # One process packs; the others (DDP ranks, parallel jobs) wait, then map its cache.
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 store = open_packed(cache, fingerprint, path)
@@ -284,6 +285,8 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
                 shutil.rmtree(cache, ignore_errors=True)  # a stale cache of an older version of the pickle
                 os.replace(tmp, cache)
                 return _open_just_packed(cache, fingerprint, path)
+            finally:
+                os.close(lock)  # releases the lock
         except OSError as e:
             log.warning("could not write the keypoint cache in %s (%s); the pickle will be parsed again "
                         "on the next start", cache, e)
