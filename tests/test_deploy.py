@@ -81,8 +81,9 @@ def test_export_has_dynamic_batch_and_frames_and_parity(setup):
                                        ["j2e_bias=false", "j2j_adjacency=false"]],
                          ids=["standard", "reference", "version1", "bias-only", "no-biases"])
 def test_every_attention_exports_as_one_fused_node_with_parity(setup, overrides, tmp_path):
-    """Each attention becomes one ONNX Runtime MultiHeadAttention node (no Softmax left in the graph),
-    for every model variant, and the exported model matches PyTorch."""
+    """Each attention becomes one ONNX Runtime node (no Softmax left in the graph): Attention, with the
+    qkv projection, for the biased joint-to-joint attention, MultiHeadAttention for the others; for every
+    model variant, and the exported model matches PyTorch."""
     import onnx
 
     from lib.deploy.export import export_onnx
@@ -97,7 +98,9 @@ def test_every_attention_exports_as_one_fused_node_with_parity(setup, overrides,
     export_onnx(model, cfg, [str(k) for k in range(60)], tmp_path / "m.onnx")
     ops = [node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     per_depth = 3 if cfg.model.version == 2 else 2
-    assert ops.count("MultiHeadAttention") == per_depth * cfg.model.depth and "Softmax" not in ops
+    biased_joint_attention = cfg.model.depth if cfg.model.j2j_adjacency else 0
+    assert ops.count("Attention") == biased_joint_attention and "Softmax" not in ops
+    assert ops.count("MultiHeadAttention") == per_depth * cfg.model.depth - biased_joint_attention
     x = np.random.default_rng(2).uniform(-1, 1, (2, 2, 9, 17, 3)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
@@ -114,7 +117,8 @@ def test_int8_export_quantizes_the_linear_layers_and_checks_agreement(setup):
     constant = {init.name for init in graph.graph.initializer}
     float_linear = [n for n in graph.graph.node if n.op_type == "MatMul" and any(i in constant for i in n.input)]
     assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops
-    assert not float_linear and ops.count("MultiHeadAttention") == 6  # attention stays fp32
+    assert not float_linear and "Attention" not in ops and ops.count("QAttention") == 2  # the j2j qkv projections
+    assert ops.count("MultiHeadAttention") == 4  # temporal and joint-to-hyperedge attention: fp32
     assert {p.key: p.value for p in graph.metadata_props}["quantization"] == "int8"
     val_clips = len(setup["data"]["split"]["xsub_val"])
     assert re.search(rf"int8: top-1 class equal to PyTorch's on \d+ of {val_clips} validation clips", stdout)

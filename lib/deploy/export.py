@@ -8,9 +8,9 @@ around 1e-6). Input `pose2d` [N, 2, T, 17, 3] (x, y, confidence of the preproces
 published documentation, the second person being zeros. The model's settings travel in the ONNX
 metadata (class names, clip length, preprocessing options), so inference needs only the .onnx file.
 
-Each attention is exported as one ONNX Runtime `com.microsoft.MultiHeadAttention` node
-(lib.model.attention), which ONNX Runtime runs with a fused kernel on every execution provider; the rest
-of the graph is standard opset 17. `quantize='int8'` then quantizes the Linear layers dynamically
+Each attention is exported as one fused ONNX Runtime node (lib.model.attention): `com.microsoft.Attention`,
+qkv projection included, for the biased joint-to-joint attention, `com.microsoft.MultiHeadAttention` for
+the others. ONNX Runtime has both on every execution provider; the rest of the graph is standard opset 17. `quantize='int8'` then quantizes the Linear layers dynamically
 (`quantize_int8`).
 """
 import json
@@ -63,10 +63,10 @@ def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, lay
 
 
 def quantize_int8(path: Path):
-    """Rewrite the model at `path` with dynamic int8 quantization of every MatMul with a constant weight
-    (the Linear layers): int8 weights, one scale per output channel, activations quantized on the fly by
-    ONNX Runtime (DynamicQuantizeMatMul, VNNI/AVX2 integer kernels). Attention, LayerNorm, GELU and the
-    residual sums stay fp32."""
+    """Rewrite the model at `path` with dynamic int8 quantization of the Linear layers (every MatMul with a
+    constant weight, and the qkv projection inside the joint-to-joint Attention nodes): int8 weights, one
+    scale per output channel, activations quantized on the fly by ONNX Runtime (VNNI/AVX2 integer
+    kernels). The attention products, LayerNorm, GELU and the residual sums stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = path.with_name(path.stem + ".fp32.tmp.onnx")
@@ -75,7 +75,8 @@ def quantize_int8(path: Path):
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer advises, on the root logger, a pre-processing it does not need here
     try:
-        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True)
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
+                         per_channel=True)
     finally:
         root.setLevel(level)
         fp32.unlink()

