@@ -26,22 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_result  # noqa: E402
+from benchmarks.common import timed_runs, write_result  # noqa: E402
 from lib.config import load_yaml_config  # noqa: E402
 from lib.deploy.export import export_onnx  # noqa: E402
 from lib.deploy.inference import OnnxActionModel  # noqa: E402
 from lib.engine.runtime import micro_batch_size  # noqa: E402
 from lib.model.action import build_model  # noqa: E402
-
-
-def timed_runs(fn, repeats: int) -> list[float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main():

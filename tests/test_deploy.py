@@ -56,6 +56,14 @@ def export(setup, name, *extra):
     return out, result.stdout
 
 
+def checkpoint_logits(setup, x: np.ndarray) -> np.ndarray:
+    """PyTorch logits of the setup's checkpoint for the clips x [N, 2, T, 17, 3]."""
+    torch_model = build_model(setup["cfg"]).eval()
+    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
+    with torch.no_grad():
+        return torch_model(torch.from_numpy(x)).numpy()
+
+
 def test_export_has_dynamic_batch_and_frames_and_parity(setup):
     out, stdout = export(setup, "model.onnx")
     model = OnnxActionModel(out)
@@ -68,11 +76,8 @@ def test_export_has_dynamic_batch_and_frames_and_parity(setup):
     differences = [float(line.split("=")[-1]) for line in stdout.splitlines() if "max |ONNX - PyTorch|" in line]
     assert len(differences) == 6 and max(differences) <= 1e-4
     # Independent check at another N and T than the export's dummy input.
-    torch_model = build_model(setup["cfg"]).eval()
-    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
     x = np.random.default_rng(1).uniform(-1, 1, (3, 2, 7, 17, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = torch_model(torch.from_numpy(x)).numpy()
+    expected = checkpoint_logits(setup, x)
     actual = model.session.run(["action_label"], {"pose2d": x})[0]
     assert np.abs(actual - expected).max() < 1e-4
 
@@ -123,11 +128,8 @@ def test_int8_export_quantizes_the_linear_layers_and_checks_agreement(setup):
     val_clips = len(setup["data"]["split"]["xsub_val"])
     assert re.search(rf"int8: top-1 class equal to PyTorch's on \d+ of {val_clips} validation clips", stdout)
     model = OnnxActionModel(out)
-    torch_model = build_model(setup["cfg"]).eval()
-    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
     x = np.random.default_rng(4).uniform(-1, 1, (3, 2, 12, 17, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = torch_model(torch.from_numpy(x)).numpy()
+    expected = checkpoint_logits(setup, x)
     actual = model.session.run(["action_label"], {"pose2d": x})[0]
     assert 0 < np.abs(actual - expected).max() < 0.1 * np.abs(expected).max()  # quantized, yet the same model
     refused = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment",
@@ -142,12 +144,8 @@ def test_ntvc_layout_is_single_person(setup):
     model = OnnxActionModel(out)
     assert model.session.get_inputs()[0].shape[1:] == [model.session.get_inputs()[0].shape[1], 17, 3]
     assert model.layout == "NTVC" and "parity ok" in stdout
-    torch_model = build_model(setup["cfg"]).eval()
-    torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
     x = np.random.default_rng(2).uniform(-1, 1, (2, 12, 17, 3)).astype(np.float32)
-    two_persons = np.stack([x, np.zeros_like(x)], axis=1)
-    with torch.no_grad():
-        expected = torch_model(torch.from_numpy(two_persons)).numpy()
+    expected = checkpoint_logits(setup, np.stack([x, np.zeros_like(x)], axis=1))
     assert np.abs(model.session.run(None, {"pose2d": x})[0] - expected).max() < 1e-4
 
 
