@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import median_seconds, write_result  # noqa: E402
 from lib.config import load_yaml_config  # noqa: E402
-from lib.engine.runtime import micro_batch_size  # noqa: E402
+from lib.engine.runtime import keep_freed_memory, micro_batch_size  # noqa: E402
 from lib.model.action import build_model  # noqa: E402
 from lib.model.attention import JointToHyperedgeAttention, SelfAttention  # noqa: E402
 
@@ -108,6 +108,7 @@ def run_setup(setup: dict, steps: int, device: str) -> dict:
     cfg = load_yaml_config(setup["config"], HYPER, overrides=setup["overrides"] + (
         [] if setup["micro_batch"] is None else [f"micro_batch={setup['micro_batch']}"]))
     batch = setup["batch"] or cfg.train.batch_size
+    keep_freed_memory()  # as in train_action.py
     micro_batch = micro_batch_size(cfg, torch.device(device))
     torch.manual_seed(0)
     model = build_model(cfg, micro_batch).to(device)

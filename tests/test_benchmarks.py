@@ -53,4 +53,7 @@ def test_bench_infer_quick_times_eager_and_both_onnx_models(tmp_path):
     assert set(report["ms"]) == {"pytorch_eager", "onnxruntime_fp32", "onnxruntime_int8"}
     for engine in report["ms"].values():
         assert set(engine) == {"1", "2"} and all(ms > 0 for ms in engine.values())
+    assert set(report["eager_alone"]) == {"default", "keep"}  # fresh processes, glibc's malloc policy or ours
+    for figures in report["eager_alone"].values():
+        assert set(figures) == {"1", "2"} and all(run["ms"] > 0 and run["page_faults"] >= 0 for run in figures.values())
     assert "ONNX Runtime int8" in result.stdout

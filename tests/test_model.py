@@ -193,12 +193,14 @@ def test_joint_to_joint_attention_matches_plain_formula(use_bias):
     attn = JointToJointAttention(24, 3, torch.as_tensor(skeleton.normalized_adjacency()), use_bias)
     randomize_(attn)
     x = torch.randn(5, V, 24)
+    fused, none = attn(x)  # with gradients: scaled_dot_product_attention
     with torch.no_grad():
-        fused, none = attn(x)
+        inference, _ = attn(x)  # CPU inference over 17 joints: the explicit softmax
         explicit, probs = attn(x, return_probs=True)
         expected, expected_probs = plain_j2j(attn, x)
     assert none is None
     assert (fused - expected).abs().max() <= 1e-5
+    assert (inference - expected).abs().max() <= 1e-5
     assert (explicit - expected).abs().max() <= 1e-5
     assert (probs - expected_probs).abs().max() <= 1e-5
     assert probs.shape == (5, 3, V, V)
@@ -212,11 +214,13 @@ def test_joint_to_joint_attention_matches_plain_formula(use_bias):
 def test_joint_to_hyperedge_attention_matches_plain_formula(use_main, use_bias):
     attn = randomize_(JointToHyperedgeAttention(24, 3, "standard", use_main, use_bias))
     x, e = torch.randn(5, V, 24), torch.randn(5, V, 24)
+    fused, _ = attn(x, e)  # with gradients: scaled_dot_product_attention
     with torch.no_grad():
-        fused, _ = attn(x, e)
+        inference, _ = attn(x, e)  # CPU inference over 17 joints: the explicit softmax
         explicit, probs = attn(x, e, return_probs=True)
         expected, expected_probs = plain_j2e_standard(attn, x, e)
     assert (fused - expected).abs().max() <= 1e-5
+    assert (inference - expected).abs().max() <= 1e-5
     assert (explicit - expected).abs().max() <= 1e-5
     assert (probs - expected_probs).abs().max() <= 1e-5
     torch.testing.assert_close(probs.sum(-1), torch.ones(5, 3, V))
@@ -236,10 +240,12 @@ def test_model_sdpa_forward_equals_explicit_forward_and_maps(version, layout):
     model = randomize_(build_model(small_config(version=version, layout=layout, dim=32, heads=heads, depth=2)))
     model.double().eval()
     x = torch.randn(n, m, frames, V, 3, dtype=torch.float64)
+    fused = model(x)  # with gradients: scaled_dot_product_attention everywhere
     with torch.no_grad():
-        fused = model(x)
+        inference = model(x)  # CPU inference: the spatial attention (17 joints) unfused
         explicit, maps = model(x, return_attention=True)
     assert (fused - explicit).abs().max() <= 1e-5
+    assert (inference - explicit).abs().max() <= 1e-5
     assert len(maps) == 2
     for depth_maps in maps:
         assert depth_maps["joint"].shape == (n * m * frames, heads, V, V)

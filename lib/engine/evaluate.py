@@ -18,7 +18,7 @@ from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.data.pyskl import load_store
 from lib.engine.checkpoint import load_model_weights
-from lib.engine.runtime import micro_batch_size, pick_device, setup_logging
+from lib.engine.runtime import keep_freed_memory, micro_batch_size, pick_device, setup_logging
 from lib.errors import UserError
 from lib.model.action import build_model
 
@@ -151,6 +151,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None)
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else checkpoint.with_name(f"{checkpoint.stem}_eval")
     setup_logging()
+    keep_freed_memory()
     device = pick_device(cfg.train.device)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
     dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False, seed=cfg.train.seed)

@@ -1,5 +1,7 @@
-"""Process-level set-up shared by the entry scripts: device, seeds, logging."""
+"""Process-level set-up shared by the entry scripts: device, seeds, logging, the C heap."""
+import ctypes
 import logging
+import platform
 import random
 import sys
 from pathlib import Path
@@ -24,6 +26,21 @@ def pick_device(name: str) -> torch.device:
 
 
 GLIBC_MMAP_CEILING = 32 * 2 ** 20  # glibc's malloc maps blocks above this fresh from the kernel, every time
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep the memory that tensors free for the next ones instead of handing it back
+    to the kernel. By default it returns the free top of its heap once that exceeds twice its adaptive
+    mmap threshold (at most 64 MiB); a forward pass frees more than that, so the next pass takes page
+    faults on all of it again: 670,000 a batch of 8 in a CPU evaluation at the published size, about a fifth
+    of its time. This fixes the mmap threshold at 32 MiB (where the adaptive one ends up) and trims only
+    above 2 GiB; peak RSS is unchanged. Returns whether it applied (glibc only; other C libraries keep
+    their own policy)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_CEILING) and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def micro_batch_size(cfg: Config, device: torch.device) -> int:

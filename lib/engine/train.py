@@ -28,7 +28,7 @@ from lib.data.dataset import build_datasets
 from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, match_state_dict, save_checkpoint
 from lib.engine.evaluate import classification_metrics, eval_loader, ignore_interrupts, predict, topk_correct
 from lib.engine.distributed import Distributed, exit_process, init_distributed
-from lib.engine.runtime import micro_batch_size, seed_everything, setup_logging
+from lib.engine.runtime import keep_freed_memory, micro_batch_size, seed_everything, setup_logging
 from lib.errors import UserError
 from lib.model.action import build_model
 from lib.model.convert_reference import load_checkpoint
@@ -97,6 +97,7 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
         save_config(cfg, out / "config.yaml")
     setup_logging(out / f"{cfg.train.log}.log" if ctx.is_main else None, quiet=not ctx.is_main)
     seed_everything(cfg.train.seed + ctx.rank)  # dropout differs between processes; the data does not
+    keep_freed_memory()
 
     train_set, val_set = build_datasets(cfg.data, seed=cfg.train.seed)
     if len(train_set) < cfg.train.batch_size * ctx.world_size:

@@ -25,7 +25,7 @@ from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.data.pyskl import load_store
 from lib.engine.checkpoint import load_model_weights
-from lib.engine.runtime import pick_device, setup_logging
+from lib.engine.runtime import keep_freed_memory, pick_device, setup_logging
 from lib.errors import UserError
 from lib.model.action import build_model
 from lib.model.hypergraph import incidence_matrix
@@ -362,6 +362,7 @@ def visualise_attention(cfg: Config, checkpoint, opts: VisOptions) -> list[Path]
     {attn_dir}/{index:05d}_{frame_dir}/; print one line per sample; return the folders."""
     check_options(opts, cfg)
     setup_logging()
+    keep_freed_memory()
     single_clip = dataclasses.replace(cfg.data, num_clips=1)  # maps of the evenly spaced test clip
     dataset = ActionDataset(load_store(cfg.data.pickle_path), single_clip, train=False, seed=cfg.train.seed)
     indices = select_samples(dataset, opts.samples, opts.per_class)
