@@ -19,7 +19,7 @@ def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
     `SelfAttention` exports as `OnnxRuntimeBiasedSelfAttention` instead)."""
     if torch.onnx.is_in_onnx_export() and not return_probs:
         bias = None if bias is None else onnx_runtime_bias(bias, q.shape[1])
-        return OnnxRuntimeMultiHeadAttention.apply(q, k, v, bias, num_heads), None
+        return OnnxRuntimeMultiHeadAttention.apply(q, k, v, None, bias, num_heads), None
     return split_head_attention(q, k, v, num_heads, bias, return_probs)
 
 
@@ -50,6 +50,12 @@ def onnx_runtime_bias(bias, queries: int):
     return bias.reshape(-1, *bias.shape[-3:]).expand(-1, -1, queries, -1)
 
 
+def onnx_like(value, node):
+    """Type the output of a custom ONNX node like `value` [B', L, C] but with unknown sizes: the sizes of
+    the tracing input would otherwise be baked into the graph (ONNX Runtime's fusions read them)."""
+    return node.setType(value.type().with_sizes([None, None, None]))
+
+
 def onnx_absent(g):
     """An omitted optional input of an ONNX node."""
     node = g.op("prim::Constant")
@@ -60,17 +66,21 @@ def onnx_absent(g):
 class OnnxRuntimeMultiHeadAttention(torch.autograd.Function):
     """`multi_head_attention` exported as ONNX Runtime's com.microsoft MultiHeadAttention: one node that
     splits the heads, scales, adds the bias and runs the softmax and both products, in place of about ten
-    standard ONNX nodes with two head transposes. Used only while exporting."""
+    standard ONNX nodes with two head transposes. `projection_bias` [3C] (or None), the biases of the q, k
+    and v projections, is added by the node as it splits the heads. Used only while exporting."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, num_heads):
+    def forward(ctx, q, k, v, projection_bias, bias, num_heads):
+        if projection_bias is not None:
+            q, k, v = (t + b for t, b in zip((q, k, v), projection_bias.chunk(3)))
         return split_head_attention(q, k, v, num_heads, bias)[0]
 
     @staticmethod
-    def symbolic(g, q, k, v, bias, num_heads):
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, onnx_absent(g), onnx_absent(g),
+    def symbolic(g, q, k, v, projection_bias, bias, num_heads):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v,
+                   onnx_absent(g) if projection_bias is None else projection_bias, onnx_absent(g),
                    onnx_absent(g) if bias is None else bias, num_heads_i=num_heads)
-        return out.setType(q.type())  # [B', Lq, C] like q
+        return onnx_like(q, out)  # [B', Lq, C] like q
 
 
 class OnnxRuntimeBiasedSelfAttention(torch.autograd.Function):
@@ -89,7 +99,7 @@ class OnnxRuntimeBiasedSelfAttention(torch.autograd.Function):
         weight = g.op("Transpose", qkv_weight, perm_i=[1, 0])  # [C, 3C], folded into a constant
         out = g.op("com.microsoft::Attention", x, weight, qkv_bias, onnx_absent(g), onnx_absent(g), bias,
                    num_heads_i=num_heads)
-        return out.setType(x.type())  # [B', L, C] like x
+        return onnx_like(x, out)  # [B', L, C] like x
 
 
 class DropPath(nn.Module):
@@ -133,9 +143,13 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, bias=None, return_probs: bool = False):
-        if torch.onnx.is_in_onnx_export() and bias is not None and not return_probs:
-            out = OnnxRuntimeBiasedSelfAttention.apply(x, self.qkv.weight, self.qkv.bias,
-                                                       onnx_runtime_bias(bias, x.shape[1]), self.num_heads)
+        if torch.onnx.is_in_onnx_export() and not return_probs:
+            if bias is not None:
+                out = OnnxRuntimeBiasedSelfAttention.apply(x, self.qkv.weight, self.qkv.bias,
+                                                           onnx_runtime_bias(bias, x.shape[1]), self.num_heads)
+            else:  # q, k and v from the three weight blocks (no slices of a qkv output); the node adds the biases
+                q, k, v = (x @ weight.t() for weight in self.qkv.weight.chunk(3))
+                out = OnnxRuntimeMultiHeadAttention.apply(q, k, v, self.qkv.bias, None, self.num_heads)
             return self.proj(out), None
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B', L, C]
         out, probs = multi_head_attention(q, k, v, self.num_heads, bias, return_probs)
