@@ -10,8 +10,9 @@ metadata (class names, clip length, preprocessing options), so inference needs o
 
 Each attention is exported as one fused ONNX Runtime node (lib.model.attention): `com.microsoft.Attention`,
 qkv projection included, for the biased joint-to-joint attention, `com.microsoft.MultiHeadAttention` for
-the others. ONNX Runtime has both on every execution provider; the rest of the graph is standard opset 17. `quantize='int8'` then quantizes the Linear layers dynamically
-(`quantize_int8`).
+the others (for the temporal attention with the q, k and v biases added inside the node). ONNX Runtime
+has both on every execution provider; the rest of the graph is standard opset 17. `quantize='int8'`
+then quantizes the Linear layers dynamically (`quantize_int8`).
 """
 import json
 import logging

@@ -15,8 +15,8 @@ def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
     """softmax(q k^T * d^-0.5 + bias) v per head. q [B', Lq, C], k and v [B', Lk, C], bias broadcastable to
     [B', h, Lq, Lk] or None. Returns (output [B', Lq, C], probabilities [B', h, Lq, Lk] or None).
 
-    While exporting to ONNX this is one fused ONNX Runtime node (`OnnxRuntimeMultiHeadAttention`; a biased
-    `SelfAttention` exports as `OnnxRuntimeBiasedSelfAttention` instead)."""
+    While exporting to ONNX this is one fused ONNX Runtime node (`OnnxRuntimeMultiHeadAttention`).
+    `SelfAttention` exports its own projections with the node (see `SelfAttention.forward`)."""
     if torch.onnx.is_in_onnx_export() and not return_probs:
         bias = None if bias is None else onnx_runtime_bias(bias, q.shape[1])
         return OnnxRuntimeMultiHeadAttention.apply(q, k, v, None, bias, num_heads), None
