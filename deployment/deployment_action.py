@@ -7,7 +7,6 @@ With --quantize int8 (dynamic int8 Linear layers, faster on the CPU) the differe
 the check is then the top-1 agreement with PyTorch on up to --check-clips validation clips, which must
 reach --min-agreement.
 """
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,15 +16,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lib.cli import build_parser, config_from_args, run_main  # noqa: E402
-from lib.data.dataset import ActionDataset  # noqa: E402
-from lib.data.labels import class_names  # noqa: E402
-from lib.data.pyskl import load_store  # noqa: E402
 from lib.deploy.export import OPSET, export_onnx, parity  # noqa: E402
 from lib.deploy.inference import OnnxActionModel  # noqa: E402
-from lib.engine.checkpoint import load_model_weights  # noqa: E402
+from lib.engine.build import load_trained  # noqa: E402
 from lib.engine.runtime import setup_logging  # noqa: E402
 from lib.errors import UserError  # noqa: E402
-from lib.model.action import build_model  # noqa: E402
 
 
 def parity_inputs(cfg, layout: str, real_clips: np.ndarray) -> dict[str, np.ndarray]:
@@ -69,19 +64,14 @@ def main(argv=None):
         raise UserError("--evaluate CKPT and --deployment OUT.onnx are both required")
     setup_logging()
     cfg = config_from_args(args)
-    names = class_names(cfg.data.action_classes, cfg.data.label_map)
-    model = build_model(cfg)
-    note = load_model_weights(model, args.evaluate)
-    if note:
-        print(note)
-    exported = export_onnx(model, cfg, names, args.deployment, args.layout, args.quantize)
+    trained = load_trained(cfg, args.evaluate, single_clip=True)  # the exported model sees one clip at a time
+    val = trained.val_set
+    exported = export_onnx(trained.model, cfg, trained.class_names, args.deployment, args.layout, args.quantize)
     onnx_model = OnnxActionModel(args.deployment)
     inputs = onnx_model.session.get_inputs()[0]
     print(f"exported {args.deployment} (opset {OPSET}{', int8 Linear layers' if args.quantize == 'int8' else ''}): "
           f"input {inputs.name} {inputs.shape}, output action_label {onnx_model.session.get_outputs()[0].shape}")
 
-    single_clip = dataclasses.replace(cfg.data, num_clips=1)  # the exported model sees one clip at a time
-    val = ActionDataset(load_store(cfg.data.pickle_path), single_clip, train=False)
     real = np.stack([val[i][0] for i in range(min(4, len(val)))])
     differences = parity(exported, onnx_model.session, parity_inputs(cfg, args.layout, real))
     for name, difference in differences.items():

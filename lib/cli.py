@@ -1,5 +1,7 @@
 """The command line shared by the entry scripts: one parser, one way to build the config, one error exit."""
 import argparse
+import logging
+import os
 import sys
 
 from lib.config import Config, load_yaml_config
@@ -43,13 +45,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_main(main, argv=None) -> int:
-    """Call `main(argv)`; a UserError becomes one line on stderr and exit status 2."""
+    """Call `main(argv)` and return its exit status (`main` returns one, or None for 0); a UserError
+    becomes one line on stderr and exit status 2."""
     try:
-        main(argv)
+        return main(argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+
+
+def exit_process(status: int):
+    """Leave the process with `status`. Under torchrun (WORLD_SIZE > 1) flush and leave at once: returning
+    normally after destroy_process_group() sometimes aborted one gloo rank at interpreter exit, a known
+    PyTorch teardown problem, so torchrun reported a failure for a finished run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

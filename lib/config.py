@@ -10,6 +10,7 @@ field names are unique. Hyper-config keys always live in the `hyper` section (`-
 """
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -21,7 +22,15 @@ import yaml
 
 from lib.errors import UserError
 
+log = logging.getLogger(__name__)
+
 H36M_NUM_JOINTS = 17
+# Keys of the published config files that the published code never used for action recognition:
+# accepted, so that those files load as they are, and ignored with one log line each.
+PUBLISHED_WITHOUT_EFFECT = {
+    "dim_feat": "the published code only asserted it in the export",
+    "att_fuse": "a MotionBERT setting the action model never read",
+}
 MANUAL_JOINT_LABEL1 = [[0, 1, 1, 1, 2, 2, 2, 0, 0, 3, 3, 4, 4, 4, 5, 5, 5]]
 
 
@@ -68,9 +77,11 @@ class ModelConfig:
     mlp_ratio: float = field(default=2.0, metadata=_range(0, lo_open=True))
     maxlen: int = field(default=243, metadata=_range(1))  # length of the temporal positional embedding
     drop_path_rate: float = field(default=0.1, metadata=_range(0, 1, hi_open=True))
+    # The published dropout inside the spatial blocks (p = each block's drop-path rate), as published; false: none.
+    block_dropout: bool = True
     dropout_ratio: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
     hidden_dim: int = field(default=1024, metadata=_range(1))
-    model_version: Literal["class", "embed"] = "class"
+    model_version: Literal["class"] = "class"  # the classification head (the published default)
     num_joints: Literal[17] = 17
     j2e_layout: Literal["standard", "reference"] = "standard"  # reference: the published head split
     j2j_adjacency: bool = True
@@ -247,6 +258,8 @@ def apply_mapping(cfg: Config, mapping: dict, source: str, default_section: Opti
             _set_field(cfg, None, key, value, source)
         elif key in FLAT_KEY_SECTION:
             _set_field(cfg, FLAT_KEY_SECTION[key], key, value, source)
+        elif key in PUBLISHED_WITHOUT_EFFECT:
+            log.warning(f"config key '{key}' ({source}) has no effect: {PUBLISHED_WITHOUT_EFFECT[key]}; ignored")
         else:
             raise _unknown_key(key, source)
 

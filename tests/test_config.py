@@ -1,4 +1,5 @@
 """The config tree: the published command lines, precedence, validation and round trips."""
+import logging
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,7 @@ def test_set_values_are_yaml_and_keys_may_be_dotted(tmp_path):
     ("hyper.joint_label=[[0,1,2]]", "17 entries"),
     ("hyper.joint_label=[[0,0,0,0,0,0,0,0,0,0,0,0,2,2,2,2,2]]", "0..E-1"),
     ("hyper.hyper_head=2", "one of 1"),
+    ("model_version=embed", "one of 'class'"),
     ("epochs", "expects KEY=VALUE"),
     ("epochs=[1", "not valid YAML"),
 ])
@@ -136,6 +138,62 @@ def test_unknown_key_in_yaml_file_names_file_and_suggestion(tmp_path):
     bad.write_text("train:\n  epochs: [1, 2]\n")
     with pytest.raises(UserError, match="'train.epochs' must be an integer"):
         parse(["--config", bad])
+
+
+PUBLISHED_CONFIG = """# a published config file as it was distributed, with its keys that had no effect
+finetune: False
+partial_train: null
+log: run_action
+epochs: 300
+batch_size: 8
+lr_backbone: 0.00008
+lr_head: 0.00008
+weight_decay: 0.01
+lr_decay: 0.99
+ckpt_save_frequency: 5
+quickdebug: False
+dim_feat: 128
+mlp_ratio: 2
+num_heads: 8
+att_fuse: True
+maxlen: 243
+depth: 6
+dim_rep: 128
+dropout_ratio: 0.5
+hidden_dim: 1024
+model_version: class
+num_joints: 17
+dataset: ntu60_hrnet
+data_split: xsub
+action_classes: 60
+clip_len: 243
+random_move: True
+scale_range_train: [ 1, 3 ]
+scale_range_test: [ 2, 2 ]
+"""
+
+
+def test_published_config_files_load_as_they_are(tmp_path):
+    published = tmp_path / "train_NTU60_xsub_small.yaml"
+    published.write_text(PUBLISHED_CONFIG)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("lib.config")
+    logger.addHandler(handler)
+    try:
+        cfg = parse(["--config", published])
+    finally:
+        logger.removeHandler(handler)
+    ours = parse(["--config", ROOT / "configs/action/train_NTU60_xsub_small.yaml"])
+    assert cfg == ours
+    notes = [r.getMessage() for r in records]
+    assert len(notes) == 2 and all("has no effect" in n and "ignored" in n for n in notes)
+    assert {n.split("'")[1] for n in notes} == {"dim_feat", "att_fuse"}
+    never_published = tmp_path / "typo.yaml"
+    never_published.write_text(PUBLISHED_CONFIG + "dim_feats: 128\n")
+    with pytest.raises(UserError, match="unknown config key 'dim_feats'"):
+        parse(["--config", never_published])
 
 
 def test_missing_or_invalid_files(tmp_path):

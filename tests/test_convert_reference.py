@@ -1,4 +1,4 @@
-"""Tests of lib/model/convert_reference.py: published (EHGFormer / MixSTE2) checkpoints -> our names.
+"""Tests of lib/engine/convert_reference.py and lib/engine/published_names.py: published (EHGFormer / MixSTE2) checkpoints -> our names.
 
 The published state dicts are synthesised here from the key list and shapes of REFERENCE.md 4.10, and the
 inverse mapping (ours -> published) is written here independently of the converter's RENAMES.
@@ -12,8 +12,10 @@ import torch
 
 from lib.config import Config, apply_mapping
 from lib.errors import UserError
-from lib.model.action import build_model
-from lib.model.convert_reference import convert_state_dict, infer_model_config, read_state_dict, unplaced_keys
+from lib.engine.build import action_model
+from lib.engine.checkpoint import read_state_dict
+from lib.engine.convert_reference import unplaced_keys
+from lib.engine.published_names import convert_state_dict, infer_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 V = 17
@@ -110,7 +112,7 @@ def model_from_settings(settings):
     apply_mapping(cfg, {k: v for k, v in settings.items() if k != "joint_label"}, "test")
     if "joint_label" in settings:
         cfg.hyper.joint_label = settings["joint_label"]
-    return build_model(cfg)
+    return action_model(cfg)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -177,7 +179,7 @@ def test_unknown_key_wrong_shape_and_missing_key_are_reported():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lib.model.convert_reference", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "lib.engine.convert_reference", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -215,7 +217,7 @@ def test_cli_reports_unplaced_keys(tmp_path):
 
 
 def test_cli_rejects_a_file_of_ours(tmp_path):
-    model = build_model(small_config())
+    model = action_model(small_config())
     src = tmp_path / "ours.bin"
     torch.save({"model": model.state_dict()}, src)
     result = run_cli(src, tmp_path / "converted.bin")
@@ -236,7 +238,7 @@ def small_config(layout="standard"):
 
 
 def test_read_state_dict_accepts_ours_bare_and_published(tmp_path):
-    sd = build_model(small_config()).state_dict()
+    sd = action_model(small_config()).state_dict()
     torch.save({"model": sd, "epoch": 1}, tmp_path / "ours.bin")
     torch.save(sd, tmp_path / "bare.bin")
     for name in ("ours.bin", "bare.bin"):
@@ -261,7 +263,7 @@ def test_read_state_dict_backbone_only_published(tmp_path):
     torch.save({"model_pos": {f"module.{k}": v for k, v in backbone.items()}, "epoch": 9}, tmp_path / "pose.bin")
     loaded, note = read_state_dict(tmp_path / "pose.bin")
     assert note
-    model = build_model(small_config(layout="reference"))
+    model = action_model(small_config(layout="reference"))
     assert set(loaded) == set(model.backbone.state_dict())
     model.backbone.load_state_dict(loaded, strict=True)
     assert torch.equal(loaded["joint_embed.bias"], backbone["Spatial_patch_to_embedding.bias"])
@@ -322,7 +324,7 @@ def to_published_name(key):
 def test_round_trip_through_published_names_gives_identical_logits(tmp_path):
     cfg = small_config(layout="reference")
     cfg.hyper.joint_label = [LABEL1]
-    model = build_model(cfg)
+    model = action_model(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(0.2 * torch.randn_like(p))

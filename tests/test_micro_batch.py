@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lib.config import Config, load_yaml_config
 from lib.engine.runtime import micro_batch_size
-from lib.model.action import build_model
+from lib.engine.build import action_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = ROOT / "hyper_config/method2/manual_joint_label1.yaml"
@@ -27,11 +27,11 @@ def small_config(drop_path=0.0) -> Config:
 def twin_models(cfg: Config, micro_batch: int):
     """The same random weights, without and with micro-batches."""
     torch.manual_seed(0)
-    whole = build_model(cfg)
+    whole = action_model(cfg)
     with torch.no_grad():
         for p in whole.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    chunked = build_model(cfg, micro_batch)
+    chunked = action_model(cfg).set_micro_batch(micro_batch)
     chunked.load_state_dict(whole.state_dict())
     return whole, chunked
 

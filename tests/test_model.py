@@ -15,7 +15,7 @@ from lib import skeleton
 from lib.config import Config, load_yaml_config
 from lib.data import synthetic
 from lib.data.preprocess import make_clip
-from lib.model.action import build_model
+from lib.engine.build import action_model
 from lib.model.attention import DropPath, JointToHyperedgeAttention, JointToJointAttention
 from lib.model.hypergraph import HyperedgeFeatures, incidence_matrix
 
@@ -118,7 +118,7 @@ def test_logits_shape_for_every_configuration(classes, dataset, label_file, num_
     cfg = load_yaml_config(DEMO_CONFIG, HYPER[label_file], overrides=[
         "dim_rep=16", "num_heads=2", "depth=2", f"maxlen={maxlen}", f"clip_len={maxlen}", "hidden_dim=32",
         f"action_classes={classes}", f"dataset={dataset}", f"version={version}"])
-    model = build_model(cfg).eval()
+    model = action_model(cfg).eval()
     blocks = model.backbone.spatial_blocks
     # the hypergraph comes from the config and is not part of the weights
     assert not any("joint_label" in k or "member_mean" in k for k in model.state_dict())
@@ -135,13 +135,42 @@ def test_logits_shape_for_every_configuration(classes, dataset, label_file, num_
             model(torch.randn(2, 2, maxlen + 1, V, 3))
 
 
-def test_embed_head_gives_unit_vectors():
-    cfg = small_config(model_version="embed", hidden=24)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        out = model(torch.randn(3, 2, 6, V, 3))
-    assert out.shape == (3, 24)
-    torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+def test_published_configs_train_with_the_published_in_block_dropout():
+    """train_* configs: dropout p = each depth's drop-path rate (0 to 0.1) after the joint-to-joint attention's
+    projection, inside its MLP and after the hypergraph attention's projection; none in the hypergraph MLP
+    and the temporal blocks (REFERENCE 4.3, 4.6). block_dropout=false removes it."""
+    cfg = load_yaml_config(ROOT / "configs/action/train_NTU60_xsub_small.yaml", HYPER[1])
+    assert cfg.model.block_dropout and cfg.model.drop_path_rate == pytest.approx(0.1)
+    rates = torch.linspace(0, 0.1, cfg.model.depth).tolist()
+
+    def dropout_rates(module):
+        return [m.p for m in module.modules() if isinstance(m, nn.Dropout)]
+
+    backbone = action_model(cfg).backbone
+    for depth, (spatial, temporal) in enumerate(zip(backbone.spatial_blocks, backbone.temporal_blocks)):
+        p = pytest.approx(rates[depth])
+        joint, hyper = spatial.joint_block, spatial.hyper_block
+        assert joint.attn.proj_drop.p == p and joint.mlp.drop1.p == p and joint.mlp.drop2.p == p
+        assert joint.drop_path.drop_prob == p
+        assert hyper.attn.proj_drop.p == p and dropout_rates(hyper.mlp) == [0.0, 0.0]
+        assert set(dropout_rates(temporal)) == {0.0}
+    cfg.model.block_dropout = False
+    assert set(dropout_rates(action_model(cfg).backbone)) == {0.0}
+
+
+def test_in_block_dropout_acts_in_training_only():
+    from lib.model.backbone import JointToJointBlock
+
+    torch.manual_seed(0)
+    block = JointToJointBlock(16, 2, 2.0, torch.eye(V), True, drop_path=0.0, drop=0.5)
+    x = torch.randn(64, V, 16)
+    hidden = block.mlp.act(block.mlp.fc1(x))
+    block.train()
+    zeros = (block.mlp.drop1(hidden) == 0).float().mean()
+    assert 0.45 < float(zeros) < 0.55
+    assert not torch.equal(block(x)[0], block(x)[0])  # a fresh mask each pass
+    block.eval()
+    torch.testing.assert_close(block(x)[0], block(x)[0], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -237,7 +266,7 @@ def test_joint_to_hyperedge_needs_a_score_term():
 def test_model_sdpa_forward_equals_explicit_forward_and_maps(version, layout):
     n, m, frames, heads = 2, 2, 5, 4
     # float64: with random weights the logits reach ~10, where float32 rounding alone is ~1e-5
-    model = randomize_(build_model(small_config(version=version, layout=layout, dim=32, heads=heads, depth=2)))
+    model = randomize_(action_model(small_config(version=version, layout=layout, dim=32, heads=heads, depth=2)))
     model.double().eval()
     x = torch.randn(n, m, frames, V, 3, dtype=torch.float64)
     fused = model(x)  # with gradients: scaled_dot_product_attention everywhere
@@ -431,7 +460,7 @@ def test_incidence_matrix():
 
 @pytest.mark.parametrize("layout", ["standard", "reference"])
 def test_swapping_persons_leaves_logits_unchanged(layout):
-    model = randomize_(build_model(small_config(layout=layout, dim=16, heads=2, depth=2))).eval()
+    model = randomize_(action_model(small_config(layout=layout, dim=16, heads=2, depth=2))).eval()
     x = torch.randn(3, 2, 6, V, 3)
     with torch.no_grad():
         a, b = model(x), model(x[:, [1, 0]])
@@ -441,7 +470,7 @@ def test_swapping_persons_leaves_logits_unchanged(layout):
 
 def zero_gradient_parameters(layout):
     maxlen = 6
-    model = build_model(small_config(layout=layout, dim=16, heads=2, depth=2, maxlen=maxlen)).train()
+    model = action_model(small_config(layout=layout, dim=16, heads=2, depth=2, maxlen=maxlen)).train()
     x = torch.randn(4, 2, maxlen, V, 3)  # T = maxlen: every row of the temporal embedding is used
     labels = torch.tensor([0, 1, 2, 3])
     nn.functional.cross_entropy(model(x), labels).backward()
@@ -516,7 +545,7 @@ def test_parameter_count_matches_published_minus_what_we_drop(classes, label, nu
     cfg.data.action_classes = classes
     cfg.hyper.joint_label = [list(label)]
     assert (cfg.model.dim_rep, cfg.model.depth, cfg.model.num_heads, cfg.model.maxlen) == (128, 6, 8, 243)
-    model = build_model(cfg)
+    model = action_model(cfg)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
     assert sum(p.numel() for p in model.parameters()) == expected
     assert sum(p.numel() for p in model.backbone.parameters()) == published_backbone - dropped_backbone
@@ -534,7 +563,7 @@ def test_tiny_model_memorises_a_few_samples():
     labels = torch.tensor([a["label"] for a in data["annotations"]])
     assert x.shape == (count, 2, clip_len, V, 3)
 
-    model = build_model(small_config(dim=32, heads=4, depth=1, maxlen=clip_len, hidden=64))
+    model = action_model(small_config(dim=32, heads=4, depth=1, maxlen=clip_len, hidden=64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     accuracy = 0.0
     for step in range(300):

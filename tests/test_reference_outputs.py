@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lib.config import Config
-from lib.model.action import build_model
+from lib.engine.build import action_model
 
 REFERENCE = Path(__file__).parent / "data" / "model_reference.npz"
 VARIANTS = {"v2_standard": (2, "standard"), "v2_reference": (2, "reference"), "v1": (1, "standard")}
@@ -21,7 +21,7 @@ def outputs(version: int, layout: str) -> dict[str, np.ndarray]:
     cfg.model.maxlen = cfg.data.clip_len = 16
     cfg.model.version, cfg.model.j2e_layout = version, layout
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = action_model(cfg)
     with torch.no_grad():  # move the zero-initialised tensors so that every path matters
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -25,7 +25,7 @@ from lib.data.dataset import ActionDataset
 from lib.data.preprocess import STREAMS, make_clip, to_stream
 from lib.data.pyskl import load_store
 from lib.engine.evaluate import clip_scores, eval_loader, flip_clips, predict
-from lib.model.action import build_model
+from lib.engine.build import action_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/action/train_NTU60_xsub_small.yaml"
@@ -168,7 +168,7 @@ def setup(tmp_path_factory) -> dict:
     checkpoints = {}
     for name, seed in (("A", 1), ("B", 2)):
         generator = torch.Generator().manual_seed(seed)
-        model = build_model(cfg)
+        model = action_model(cfg)
         with torch.no_grad():  # predictions that depend on the input: move every weight and the BN statistics
             for p in model.parameters():
                 p.add_(0.2 * torch.randn(p.shape, generator=generator))
@@ -181,7 +181,7 @@ def setup(tmp_path_factory) -> dict:
 
 
 def load_model(setup, name="A", cfg=None, path=None):
-    model = build_model(cfg or setup["cfg"])
+    model = action_model(cfg or setup["cfg"])
     state = torch.load(path or setup["ckpt"][name], map_location="cpu", weights_only=True)["model"]
     model.load_state_dict(state)
     return model.eval()

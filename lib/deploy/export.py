@@ -8,11 +8,11 @@ around 1e-6). Input `pose2d` [N, 2, T, 17, 3] (x, y, confidence of the preproces
 published documentation, the second person being zeros. The model's settings travel in the ONNX
 metadata (class names, clip length, preprocessing options), so inference needs only the .onnx file.
 
-Each attention is exported as one fused ONNX Runtime node (lib.model.attention): `com.microsoft.Attention`,
-qkv projection included, for the biased joint-to-joint attention, `com.microsoft.MultiHeadAttention` for
-the others (for the temporal attention with the q, k and v biases added inside the node). ONNX Runtime
-has both on every execution provider; the rest of the graph is standard opset 17. `quantize='int8'`
-then quantizes the Linear layers dynamically (`quantize_int8`).
+Each attention is exported as one fused ONNX Runtime node (`lib.deploy.onnx_attention` swaps the
+attention modules of a copy of the model at export time): `com.microsoft.Attention`, qkv projection
+included, for the biased joint-to-joint attention, `com.microsoft.MultiHeadAttention` for the others.
+ONNX Runtime has both on every execution provider; the rest of the graph is standard opset 17.
+`quantize='int8'` then quantizes the Linear layers dynamically (`quantize_int8`).
 """
 import json
 import logging
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lib.config import Config, config_to_dict
+from lib.deploy.onnx_attention import runtime_attention
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -43,11 +44,12 @@ class SinglePersonInput(nn.Module):
 def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, layout: str = "NMTVC",
                 quantize: str = "none"):
     """Write the model (eval mode, CPU) to `path` with dynamic N and T, `quantize` 'none' or 'int8'.
-    Returns the exported module."""
+    Returns the PyTorch module with the exported signature (the model itself, or wrapped for NTVC)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    exported = (SinglePersonInput(model) if layout == "NTVC" else model).eval()
+    signature = (SinglePersonInput(model) if layout == "NTVC" else model).eval()
+    exported = runtime_attention(signature)
     frames = cfg.data.clip_len
     dummy = torch.randn(1, frames, 17, 3) if layout == "NTVC" else torch.randn(1, 2, frames, 17, 3)
     frame_axis = 1 if layout == "NTVC" else 2
@@ -60,7 +62,7 @@ def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, lay
     if quantize == "int8":
         quantize_int8(path)
     write_metadata(path, cfg, class_names, layout, quantize)
-    return exported
+    return signature
 
 
 def quantize_int8(path: Path):

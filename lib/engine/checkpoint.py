@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic saves, loading weights into a model with a clear report, finetuning."""
+"""Checkpoint files: reading (ours, converted or published), atomic saves, loading weights into a model
+with a clear report, finetuning."""
 import logging
 import os
 from dataclasses import dataclass, field
@@ -7,10 +8,46 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lib.engine.published_names import convert_state_dict, is_reference_state_dict, strip_module_prefix
 from lib.errors import UserError
-from lib.model.convert_reference import read_state_dict
 
 log = logging.getLogger(__name__)
+
+
+def model_weights(checkpoint) -> dict:
+    """The state dict inside a loaded checkpoint: ours and the published ones keep it under 'model'
+    (pose checkpoints under 'model_pos'); a bare state dict is returned as is."""
+    if isinstance(checkpoint, dict):
+        for key in ("model", "model_pos"):
+            if isinstance(checkpoint.get(key), dict):
+                return checkpoint[key]
+        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            return checkpoint
+    raise UserError("the checkpoint holds no model weights (no 'model' state dict)")
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file; all mean the same to the user
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
+
+
+def read_state_dict(path) -> tuple[dict, str]:
+    """Our model's state dict from a checkpoint file of ours, a converted one, or a published one
+    (converted here). Returns (state dict, note): the note says when the file was a published one."""
+    state_dict = strip_module_prefix(model_weights(load_checkpoint(path)))
+    if not is_reference_state_dict(state_dict):
+        return state_dict, ""
+    converted, report = convert_state_dict(state_dict)
+    note = (f"note: {path} uses the published names; converted on the fly ({len(converted)} tensors, "
+            f"{len(report['dropped'])} derived or unused dropped). "
+            "It needs model.j2e_layout: reference; python -m lib.engine.convert_reference converts it once")
+    return converted, note
 
 
 def save_checkpoint(state: dict, path: Path):

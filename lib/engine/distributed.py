@@ -1,9 +1,7 @@
 """Several processes with DistributedDataParallel, started by torchrun (which sets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT); without torchrun, one process and every helper here is a no-op.
 gloo on CPU, NCCL on CUDA (one GPU per process)."""
-import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +31,15 @@ class Distributed:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def sum_dict(self, values: dict) -> dict:
+        """Key-wise sum over the processes of dicts of numbers (a key missing on a process counts 0),
+        added in rank order."""
+        total = {}
+        for part in self.gather(values):
+            for key, value in part.items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def any(self, flag: bool) -> bool:
         """True on every process when it is True on any."""
@@ -77,17 +84,8 @@ def init_distributed(device_name: str) -> Distributed:
     return Distributed(rank=rank, world_size=world_size, device=device)
 
 
-def exit_process(ctx: Distributed, status: int = 0):
-    """End a distributed process: tear the process group down, flush, and leave at once. (Returning
-    normally after destroy_process_group() sometimes aborted one gloo rank at interpreter exit, a known
-    PyTorch teardown problem, so torchrun reported a failure for a finished run.) Single process: exit
-    with `status` unless it is 0, in which case return."""
-    if not ctx.enabled:
-        if status:
-            raise SystemExit(status)
-        return
-    dist.destroy_process_group()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+def shutdown(ctx: Distributed):
+    """Tear the process group down (a no-op in a single process). The entry script then leaves the process
+    with lib.cli.exit_process, which under torchrun must not return normally."""
+    if ctx.enabled:
+        dist.destroy_process_group()

@@ -57,6 +57,11 @@ def micro_batch_size(cfg: Config, device: torch.device) -> int:
     return max(1, GLIBC_MMAP_CEILING // clip_bytes)
 
 
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
 def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed)

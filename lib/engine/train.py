@@ -1,10 +1,12 @@
-"""Training: the loop behind train_action.py, from scratch, finetuning, or resuming.
+"""The training loop shared by every task: from scratch, finetuning, or resuming.
 
-Per epoch: train on a fresh shuffle (keyed by seed and epoch), validate, step the learning rate, log
-(console, {checkpoint}/{log}.log, TensorBoard, metrics.jsonl) and save checkpoints. A resumed run ends
-with the same weights as an uninterrupted one: the shuffle and the clips depend only on (seed, epoch),
-and the checkpoint holds the model, optimizer, scheduler, RNG state and the position in the epoch.
-SIGINT or SIGTERM saves latest_epoch.bin at the current batch and exits with 128 + the signal number.
+A task (lib/engine/classification.py, ...) supplies the datasets, the model, its parameter groups, the
+loss of a batch and the validation metrics; this loop does the rest, the same for every task. Per epoch:
+train on a fresh shuffle (keyed by seed and epoch), validate, step the learning rate, log (console,
+{checkpoint}/{log}.log, TensorBoard, metrics.jsonl) and save checkpoints. A resumed run ends with the
+same weights as an uninterrupted one: the shuffle and the clips depend only on (seed, epoch), and the
+checkpoint holds the model, optimizer, scheduler, RNG states and the position in the epoch. SIGINT or
+SIGTERM saves latest_epoch.bin at the current batch and ends the run with status 128 + the signal number.
 
 Under torchrun every process trains on its share of each epoch's batches (batch_size per process) with
 DistributedDataParallel; validation is split across the processes and gathered, so its metrics equal a
@@ -15,23 +17,20 @@ import json
 import logging
 import signal
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lib.config import Config, config_to_dict, save_config
-from lib.data.dataset import build_datasets
-from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights, match_state_dict, save_checkpoint
-from lib.engine.evaluate import classification_metrics, eval_loader, ignore_interrupts, predict, topk_correct
-from lib.engine.distributed import Distributed, exit_process, init_distributed
-from lib.engine.runtime import keep_freed_memory, micro_batch_size, seed_everything, setup_logging
+from lib.engine.checkpoint import load_checkpoint, match_state_dict, save_checkpoint
+from lib.engine.distributed import Distributed, init_distributed, shutdown
+from lib.engine.evaluate import ignore_interrupts
+from lib.engine.runtime import autocast, keep_freed_memory, seed_everything, setup_logging
 from lib.errors import UserError
-from lib.model.action import build_model
-from lib.model.convert_reference import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,17 @@ class StopSignal:
             signal.signal(s, handler)
 
 
+@dataclass
+class Progress:
+    """Where the run stands: the epoch and batch to do next, the best validation result so far, and the
+    sums of the task's training statistics over the epoch so far (all processes)."""
+    epoch: int = 0
+    next_batch: int = 0
+    best_score: float = 0.0
+    best_epoch: int = 0
+    sums: dict = field(default_factory=dict)
+
+
 def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The shuffled training batches of an epoch (the last incomplete batch dropped)."""
     order = np.random.default_rng((seed, epoch)).permutation(num_samples)
@@ -61,37 +71,147 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> l
     return order[:usable].reshape(-1, batch_size).tolist()
 
 
-def make_optimizer(model, cfg: Config):
-    """AdamW with two groups: the backbone at lr_backbone and the head at lr_head (weight decay on all)."""
-    groups = [
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": cfg.train.lr_backbone},
-        {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": cfg.train.lr_head},
-    ]
+def make_optimizer(groups: list[dict], cfg: Config):
+    """AdamW over the task's parameter groups (weight decay on all), the learning rate decayed every epoch."""
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.train.lr_decay)
     return optimizer, scheduler
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op on the CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def restore_state(path, model, optimizer, scheduler, ctx: Distributed) -> Progress:
+    """Load a training checkpoint into the model, optimizer, scheduler and this process's RNG; return the
+    progress to continue from. Anything that does not fit the run is a one-line error."""
+    state = load_checkpoint(path)
+    if "optimizer" not in state:
+        raise UserError(f"{path} holds weights only, not a training state; use it as backbone_ckpt "
+                        "to finetune, or resume from latest_epoch.bin")
+    report = match_state_dict(model.state_dict(), state["model"])
+    if report.missing or report.unexpected or report.mismatched:
+        raise UserError(f"{path} does not fit this model ({report.summary()}); resume with the settings "
+                        "the run was started with (its config.yaml)")
+    model.load_state_dict(state["model"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError:
+        raise UserError(f"the optimizer state in {path} has other parameter groups than this run: resume "
+                        "with the partial_train the run was started with (its config.yaml)") from None
+    scheduler.load_state_dict(state["scheduler"])
+    by_rank = state["rng"]["by_rank"]
+    rng = by_rank[ctx.rank] if len(by_rank) == ctx.world_size else by_rank[0]
+    torch.set_rng_state(rng["torch"])
+    if ctx.device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], ctx.device)
+    if "progress" in state:
+        progress = Progress(**state["progress"])
+    else:  # a checkpoint of an earlier version of this toolkit
+        progress = Progress(state["epoch"], state["next_batch"], state["best_acc"], state["best_epoch"], state["meter"])
+    if not ctx.is_main:  # the saved sums already add up all processes; rank 0 carries them
+        progress.sums = {}
+    log.info(f"resumed from {path}: epoch {progress.epoch + 1}, batch {progress.next_batch}, "
+             f"best {progress.best_score:.2f}")
+    return progress
 
 
-def validate(model, val_set, cfg: Config, ctx: Distributed, amp: bool, max_batches=None) -> dict:
-    """Metrics over the validation split, each process predicting its share; equal to one process."""
-    positions = list(range(ctx.rank, len(val_set), ctx.world_size))
-    share = torch.utils.data.Subset(val_set, positions) if ctx.enabled else val_set
-    loader = eval_loader(share, cfg.train.batch_size, cfg.data.num_workers, ctx.device)
-    with autocast(ctx.device, amp):
-        scores, labels = predict(model, loader, ctx.device, max_batches=max_batches, flip=cfg.data.flip_test)
-    parts = ctx.gather((positions[:len(labels)], scores, labels))
-    order = np.argsort(np.concatenate([p for p, _, _ in parts]), kind="stable")
-    return classification_metrics(torch.cat([s for _, s, _ in parts])[order], torch.cat([l for _, _, l in parts])[order])
+def training_state(model, optimizer, scheduler, progress: Progress, cfg: Config, ctx: Distributed) -> dict:
+    """Everything an exact resume needs. Called on every process (it gathers the RNG states of all
+    ranks, and the sums of the statistics); saved by rank 0."""
+    device = ctx.device
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    by_rank = ctx.gather(rng)
+    saved = asdict(progress)
+    saved["sums"] = ctx.sum_dict(progress.sums)
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": dict(by_rank[0], by_rank=by_rank), "progress": saved, "epoch": progress.epoch,
+            "config": config_to_dict(cfg)}
 
 
-def train(cfg: Config, checkpoint_dir, resume: str = None):
+def save_epoch_checkpoints(state: dict, out: Path, epoch: int, is_best: bool, every: int):
+    """The checkpoint policy: latest_epoch.bin always, epoch_{N}.bin every `every` epochs, best_epoch.bin
+    when this epoch is the best so far."""
+    save_checkpoint(state, out / "latest_epoch.bin")
+    if epoch % every == 0:
+        save_checkpoint(state, out / f"epoch_{epoch}.bin")
+    if is_best:
+        save_checkpoint(state, out / "best_epoch.bin")
+
+
+class RunLogger:
+    """The run's records on rank 0: one line per epoch on the console and in the log file, TensorBoard
+    curves, metrics.jsonl (appended to when resuming). Other processes log nothing."""
+
+    def __init__(self, out: Path, resume: bool, enabled: bool, best_metric: str):
+        self.enabled, self.best_metric = enabled, best_metric
+        if enabled:
+            self.writer = SummaryWriter(out / "tensorboard")
+            self.metrics = open(out / "metrics.jsonl", "a" if resume else "w")
+
+    def epoch(self, record: dict, train: dict, val: dict, lrs: dict):
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        step = record["epoch"]
+        for split, metrics in (("train", train), ("val", val)):
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{name}/{split}", value, step)
+        for name, value in lrs.items():
+            self.writer.add_scalar(f"lr/{name}", value, step)
+        log.info(f"epoch {step}: train {format_metrics(train)} | val {format_metrics(val)} | "
+                 f"best {self.best_metric} {record[f'best_{self.best_metric}']:.2f} (epoch {record['best_epoch']}) | "
+                 f"lr {'/'.join(f'{v:.2e}' for v in lrs.values())} | {record['seconds']:.0f} s")
+
+    def close(self):
+        if self.enabled:
+            self.writer.close()
+            self.metrics.close()
+
+
+def format_metrics(metrics: dict) -> str:
+    return " ".join(f"{name} {value:.4f}" if name == "loss" else f"{name} {value:.2f}" for name, value in metrics.items())
+
+
+def add_sums(total: dict, batch: dict) -> dict:
+    return {key: total.get(key, 0) + value for key, value in batch.items()}
+
+
+def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg: Config, ctx: Distributed,
+                    stop: StopSignal, amp: bool) -> bool:
+    """Train on this process's share of the epoch's batches from `progress.next_batch` on, updating
+    `progress` after each batch. Returns False when a stop signal came (checked after every batch)."""
+    epoch, start = progress.epoch, progress.next_batch
+    train_set.set_epoch(epoch)
+    batches = ctx.shard(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch))
+    if cfg.train.quickdebug:
+        batches = batches[:1]
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=batches[start:], num_workers=cfg.data.num_workers,
+        pin_memory=ctx.device.type == "cuda", worker_init_fn=ignore_interrupts,
+        generator=torch.Generator().manual_seed(cfg.train.seed))
+    forward.train()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=start, total=len(batches),
+               dynamic_ncols=True, disable=not ctx.is_main)
+    for batch_index, batch in enumerate(bar, start=start):
+        with autocast(ctx.device, amp):
+            loss, sums = task.training_step(forward, batch, ctx.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.sums = add_sums(progress.sums, sums)
+        progress.next_batch = batch_index + 1
+        bar.set_postfix(**{k: f"{v:.4g}" for k, v in task.summarize(progress.sums).items()},
+                        lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if ctx.any(stop.signum is not None):
+            bar.close()
+            return False
+    bar.close()
+    return True
+
+
+def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
+    """Run `task` as configured; outputs in `checkpoint_dir`. Returns the exit status: 0 when every epoch
+    ran, 128 + the signal number when SIGINT / SIGTERM stopped it (after saving latest_epoch.bin)."""
     ctx = init_distributed(cfg.train.device)
-    device, out = ctx.device, Path(checkpoint_dir)
+    out = Path(checkpoint_dir)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -99,168 +219,64 @@ def train(cfg: Config, checkpoint_dir, resume: str = None):
     seed_everything(cfg.train.seed + ctx.rank)  # dropout differs between processes; the data does not
     keep_freed_memory()
 
-    train_set, val_set = build_datasets(cfg.data, seed=cfg.train.seed)
+    train_set, val_set = task.datasets()
     if len(train_set) < cfg.train.batch_size * ctx.world_size:
         raise UserError(f"the training split has {len(train_set)} samples, fewer than batch_size "
                         f"{cfg.train.batch_size} x {ctx.world_size} processes; lower batch_size")
-
-    micro_batch = micro_batch_size(cfg, device)
-    model = build_model(cfg, micro_batch)
-    if cfg.train.finetune and not resume:
-        if not cfg.train.backbone_ckpt:
-            raise UserError("finetuning needs a pretrained backbone: set backbone_ckpt in the config "
-                            "or pass --backbone_ckpt PATH")
-        report = load_backbone_weights(model, cfg.train.backbone_ckpt)
-        log.info(f"backbone from {cfg.train.backbone_ckpt}: {report.summary()}")
-    if cfg.train.partial_train:
-        trainable = freeze_backbone_except(model, cfg.train.partial_train)
-        log.info(f"partial_train: {len(trainable)} backbone tensors trainable, the rest frozen")
-    model.to(device)
-    optimizer, scheduler = make_optimizer(model, cfg)
-
-    start_epoch, start_batch, best_acc, best_epoch = 0, 0, 0.0, 0
-    meter = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
-    if resume:
-        state = load_checkpoint(resume)
-        if "optimizer" not in state:
-            raise UserError(f"{resume} holds weights only, not a training state; use it as backbone_ckpt "
-                            "to finetune, or resume from latest_epoch.bin")
-        report = match_state_dict(model.state_dict(), state["model"])
-        if report.missing or report.unexpected or report.mismatched:
-            raise UserError(f"{resume} does not fit this model ({report.summary()}); resume with the settings "
-                            "the run was started with (its config.yaml)")
-        model.load_state_dict(state["model"])
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError:
-            raise UserError(f"the optimizer state in {resume} has other parameter groups than this run: resume "
-                            "with the partial_train the run was started with (its config.yaml)") from None
-        scheduler.load_state_dict(state["scheduler"])
-        by_rank = state["rng"]["by_rank"]
-        rng = by_rank[ctx.rank] if len(by_rank) == ctx.world_size else by_rank[0]
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng["cuda"] is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        start_epoch, start_batch = state["epoch"], state["next_batch"]
-        best_acc, best_epoch = state["best_acc"], state["best_epoch"]
-        if ctx.is_main:  # the saved meter already sums all processes
-            meter = state["meter"]
-        log.info(f"resumed from {resume}: epoch {start_epoch + 1}, batch {start_batch}, best top-1 {best_acc:.2f}")
-
-    def training_state(epoch: int, next_batch: int, global_meter: dict) -> dict:
-        """Gathered on every process (the RNG states of all ranks); saved by rank 0."""
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        by_rank = ctx.gather(rng)
-        return {
-            "epoch": epoch, "next_batch": next_batch, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": dict(by_rank[0], by_rank=by_rank),
-            "best_acc": best_acc, "best_epoch": best_epoch, "meter": global_meter, "config": config_to_dict(cfg),
-        }
-
-    def global_meter() -> dict:
-        totals = ctx.sum([meter["loss"], meter["top1"], meter["top5"], meter["count"]])
-        return {"loss": totals[0], "top1": int(totals[1]), "top5": int(totals[2]), "count": int(totals[3])}
+    model = task.build_model(ctx.device, pretrained=not resume)
+    model.to(ctx.device)
+    optimizer, scheduler = make_optimizer(task.parameter_groups(model), cfg)
+    progress = restore_state(resume, model, optimizer, scheduler, ctx) if resume else Progress()
 
     forward = ctx.wrap(model)
     if cfg.train.compile:
         forward = torch.compile(forward)
-    amp = cfg.train.amp and device.type == "cuda"
+    amp = cfg.train.amp and ctx.device.type == "cuda"
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set)} validation clips, "
-             f"{params:,} trainable parameters, device {device}"
-             f"{f' x {ctx.world_size} processes' if ctx.enabled else ''}{', bf16 autocast' if amp else ''}"
-             f"{f', backbone on {micro_batch} clips at a time' if 0 < micro_batch < cfg.train.batch_size else ''}, "
-             f"output {out}")
-    writer = SummaryWriter(out / "tensorboard") if ctx.is_main else None
-    metrics_file = open(out / "metrics.jsonl", "a" if resume else "w") if ctx.is_main else None
-
-    def stop_run(signum: int, message: str):
-        if ctx.is_main:
-            log.info(message)
-            writer.close()
-            metrics_file.close()
-        exit_process(ctx, 128 + signum)
-
+    log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set)} validation clips, {params:,} trainable "
+             f"parameters, device {ctx.device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}"
+             f"{', bf16 autocast' if amp else ''}, output {out}")
+    logger = RunLogger(out, resume=bool(resume), enabled=ctx.is_main, best_metric=task.best_metric)
+    status = 0
     with StopSignal() as stop:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        while progress.epoch < cfg.train.epochs:
             started = time.perf_counter()
-            train_set.set_epoch(epoch)
-            batches = ctx.shard(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch))
-            if cfg.train.quickdebug:
-                batches = batches[:1]
-            loader = torch.utils.data.DataLoader(
-                train_set, batch_sampler=batches[start_batch:], num_workers=cfg.data.num_workers,
-                pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts,
-                generator=torch.Generator().manual_seed(cfg.train.seed))
-            forward.train()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=start_batch,
-                       total=len(batches), dynamic_ncols=True, disable=not ctx.is_main)
-            for batch_index, (x, y) in enumerate(bar, start=start_batch):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, amp):
-                    logits = forward(x).float()
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-                meter["loss"] += loss.item() * len(y)
-                meter["top1"] += topk_correct(logits.detach(), y, 1)
-                meter["top5"] += topk_correct(logits.detach(), y, 5)
-                meter["count"] += len(y)
-                bar.set_postfix(loss=f"{meter['loss'] / meter['count']:.4f}",
-                                top1=f"{100 * meter['top1'] / meter['count']:.1f}",
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if ctx.any(stop.signum is not None):
-                    state = training_state(epoch, batch_index + 1, global_meter())
-                    if ctx.is_main:
-                        save_checkpoint(state, out / "latest_epoch.bin")
-                    stop_run(stop.signum or signal.SIGTERM,
-                             f"stopped by signal {stop.signum} in epoch {epoch + 1} after batch {batch_index + 1}; "
-                             f"saved {out / 'latest_epoch.bin'}; continue with -r {out / 'latest_epoch.bin'}")
-            bar.close()
-            start_batch = 0
+            if not train_one_epoch(task, forward, optimizer, train_set, progress, cfg, ctx, stop, amp):
+                state = training_state(model, optimizer, scheduler, progress, cfg, ctx)
+                if ctx.is_main:
+                    save_checkpoint(state, out / "latest_epoch.bin")
+                log.info(f"stopped by signal {stop.signum} in epoch {progress.epoch + 1} after batch "
+                         f"{progress.next_batch}; saved {out / 'latest_epoch.bin'}; continue with -r {out / 'latest_epoch.bin'}")
+                status = 128 + (stop.signum or signal.SIGTERM)
+                break
 
             ctx.broadcast_buffers(model)  # every process validates with rank 0's BatchNorm statistics
-            val = validate(model, val_set, cfg, ctx, amp, max_batches=1 if cfg.train.quickdebug else None)
-            lrs = scheduler.get_last_lr()
+            val = task.validate(model, val_set, ctx, amp, max_batches=1 if cfg.train.quickdebug else None)
+            lrs = {group.get("name", str(i)): lr for i, (group, lr) in
+                   enumerate(zip(optimizer.param_groups, scheduler.get_last_lr()))}
             scheduler.step()
-            if best_epoch == 0 or val["top1"] > best_acc:
-                best_acc, best_epoch = val["top1"], epoch + 1
-            totals = global_meter()
-            count = max(totals["count"], 1)
-            record = {
-                "epoch": epoch + 1, "train_loss": totals["loss"] / count, "train_top1": 100 * totals["top1"] / count,
-                "train_top5": 100 * totals["top5"] / count, "val_loss": val["loss"], "val_top1": val["top1"],
-                "val_top5": val["top5"], "val_mean_class_accuracy": val["mean_class_accuracy"],
-                "lr_backbone": lrs[0], "lr_head": lrs[1], "best_top1": best_acc, "seconds": time.perf_counter() - started,
-            }
-            meter = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
-            state = training_state(epoch + 1, 0, dict(meter))
+            epoch = progress.epoch + 1
+            score = val[task.best_metric]
+            is_best = progress.best_epoch == 0 or task.better(score, progress.best_score)
+            if is_best:
+                progress.best_score, progress.best_epoch = score, epoch
+            train_metrics = task.summarize(ctx.sum_dict(progress.sums))
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
+                      **{f"val_{k}": v for k, v in val.items()}, **{f"lr_{k}": v for k, v in lrs.items()},
+                      f"best_{task.best_metric}": progress.best_score, "best_epoch": progress.best_epoch,
+                      "seconds": time.perf_counter() - started}
+            progress.epoch, progress.next_batch, progress.sums = epoch, 0, {}
+            state = training_state(model, optimizer, scheduler, progress, cfg, ctx)
+            logger.epoch(record, train_metrics, val, lrs)
             if ctx.is_main:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                for name in ("loss", "top1", "top5"):
-                    writer.add_scalar(f"{name}/train", record[f"train_{name}"], epoch + 1)
-                    writer.add_scalar(f"{name}/val", record[f"val_{name}"], epoch + 1)
-                writer.add_scalar("lr/backbone", lrs[0], epoch + 1)
-                writer.add_scalar("lr/head", lrs[1], epoch + 1)
-                log.info(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.2f} | "
-                         f"val loss {val['loss']:.4f} top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | "
-                         f"best top-1 {best_acc:.2f} (epoch {best_epoch}) | lr {lrs[0]:.2e}/{lrs[1]:.2e} | "
-                         f"{record['seconds']:.0f} s")
-                save_checkpoint(state, out / "latest_epoch.bin")
-                if (epoch + 1) % cfg.train.ckpt_save_frequency == 0:
-                    save_checkpoint(state, out / f"epoch_{epoch + 1}.bin")
-                if best_epoch == epoch + 1:
-                    save_checkpoint(state, out / "best_epoch.bin")
+                save_epoch_checkpoints(state, out, epoch, is_best, cfg.train.ckpt_save_frequency)
             if ctx.any(stop.signum is not None):
-                stop_run(stop.signum or signal.SIGTERM, f"stopped by signal {stop.signum} after epoch {epoch + 1}; "
-                                                        f"continue with -r {out / 'latest_epoch.bin'}")
-    if ctx.is_main:
-        writer.close()
-        metrics_file.close()
-        log.info(f"done: best validation top-1 {best_acc:.2f} at epoch {best_epoch}; checkpoints in {out}")
-    exit_process(ctx)
-    return {"best_top1": best_acc, "best_epoch": best_epoch}
+                log.info(f"stopped by signal {stop.signum} after epoch {epoch}; continue with -r {out / 'latest_epoch.bin'}")
+                status = 128 + (stop.signum or signal.SIGTERM)
+                break
+    logger.close()
+    if status == 0:
+        log.info(f"done: best validation {task.best_metric} {progress.best_score:.2f} at epoch "
+                 f"{progress.best_epoch}; checkpoints in {out}")
+    shutdown(ctx)
+    return status

@@ -1,36 +1,24 @@
 """Attention, MLP and stochastic depth for the skeleton transformer.
 
-Every attention computes softmax(q k^T * d^-0.5 + bias) v through `multi_head_attention`: fused
-`scaled_dot_product_attention` normally, an explicit softmax when the caller asks for the attention
-probabilities (visualisation), and one fused ONNX Runtime node in an ONNX export. Shapes: B' token
+Every attention computes softmax(q k^T * d^-0.5 + bias) v through `multi_head_attention`. Shapes: B' token
 groups (N*M*T for spatial attention over the V = 17 joints, N*M*V for temporal attention over the T
-frames), h heads, d = C / h.
+frames), h heads, d = C / h. Export code (lib/deploy) replaces these modules with its own at export time;
+nothing here knows about it.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+EXPLICIT_MAX_KEYS = 32  # in CPU inference, attention over at most this many keys runs unfused
 
 
 def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool = False):
     """softmax(q k^T * d^-0.5 + bias) v per head. q [B', Lq, C], k and v [B', Lk, C], bias broadcastable to
     [B', h, Lq, Lk] or None. Returns (output [B', Lq, C], probabilities [B', h, Lq, Lk] or None).
 
-    While exporting to ONNX this is one fused ONNX Runtime node (`OnnxRuntimeMultiHeadAttention`).
-    `SelfAttention` exports its own projections with the node (see `SelfAttention.forward`)."""
-    if torch.onnx.is_in_onnx_export() and not return_probs:
-        bias = None if bias is None else onnx_runtime_bias(bias, q.shape[1])
-        return OnnxRuntimeMultiHeadAttention.apply(q, k, v, None, bias, num_heads), None
-    return split_head_attention(q, k, v, num_heads, bias, return_probs)
-
-
-EXPLICIT_MAX_KEYS = 32  # in CPU inference, attention over at most this many keys runs unfused
-
-
-def split_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool = False):
-    """`multi_head_attention` in PyTorch: fused `scaled_dot_product_attention` normally; an explicit
-    softmax when the probabilities are asked for, and in CPU inference over the 17 joints, where the
-    fused CPU kernel, made for long sequences, took twice as long (10.5 against 4.8 ms for the
-    [486, 8, 17, 16] attention of one clip, 2 threads; with gradients the fused kernel is faster)."""
+    Fused `scaled_dot_product_attention` normally; an explicit softmax when the probabilities are asked
+    for, and in CPU inference over the 17 joints, where the fused CPU kernel, made for long sequences, is
+    the slower one (benchmarks/README.md); with gradients the fused kernel is the faster one."""
     q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B', h, L, d]
     short_cpu_inference = q.device.type == "cpu" and not torch.is_grad_enabled() and k.shape[-2] <= EXPLICIT_MAX_KEYS
     if return_probs or short_cpu_inference:
@@ -43,63 +31,6 @@ def split_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
     else:
         out, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
     return out.transpose(1, 2).flatten(2), probs  # [B', Lq, C]
-
-
-def onnx_runtime_bias(bias, queries: int):
-    """An attention bias in the shape ONNX Runtime's attention nodes take: [B' or 1, h, Lq, Lk]."""
-    return bias.reshape(-1, *bias.shape[-3:]).expand(-1, -1, queries, -1)
-
-
-def onnx_like(value, node):
-    """Type the output of a custom ONNX node like `value` [B', L, C] but with unknown sizes: the sizes of
-    the tracing input would otherwise be baked into the graph (ONNX Runtime's fusions read them)."""
-    return node.setType(value.type().with_sizes([None, None, None]))
-
-
-def onnx_absent(g):
-    """An omitted optional input of an ONNX node."""
-    node = g.op("prim::Constant")
-    node.setType(torch._C.OptionalType.ofTensor())
-    return node
-
-
-class OnnxRuntimeMultiHeadAttention(torch.autograd.Function):
-    """`multi_head_attention` exported as ONNX Runtime's com.microsoft MultiHeadAttention: one node that
-    splits the heads, scales, adds the bias and runs the softmax and both products, in place of about ten
-    standard ONNX nodes with two head transposes. `projection_bias` [3C] (or None), the biases of the q, k
-    and v projections, is added by the node as it splits the heads. Used only while exporting."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, projection_bias, bias, num_heads):
-        if projection_bias is not None:
-            q, k, v = (t + b for t, b in zip((q, k, v), projection_bias.chunk(3)))
-        return split_head_attention(q, k, v, num_heads, bias)[0]
-
-    @staticmethod
-    def symbolic(g, q, k, v, projection_bias, bias, num_heads):
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v,
-                   onnx_absent(g) if projection_bias is None else projection_bias, onnx_absent(g),
-                   onnx_absent(g) if bias is None else bias, num_heads_i=num_heads)
-        return onnx_like(q, out)  # [B', Lq, C] like q
-
-
-class OnnxRuntimeBiasedSelfAttention(torch.autograd.Function):
-    """A biased `SelfAttention` (qkv projection included) exported as ONNX Runtime's com.microsoft
-    Attention node, which multiplies by the packed qkv weight straight into the head layout: the whole
-    model ran 4 to 9% faster on the CPU than with the qkv MatMul, its slices and MultiHeadAttention. (For
-    the unbiased temporal attention MultiHeadAttention measured faster.) Used only while exporting."""
-
-    @staticmethod
-    def forward(ctx, x, qkv_weight, qkv_bias, bias, num_heads):
-        q, k, v = F.linear(x, qkv_weight, qkv_bias).chunk(3, dim=-1)
-        return split_head_attention(q, k, v, num_heads, bias)[0]
-
-    @staticmethod
-    def symbolic(g, x, qkv_weight, qkv_bias, bias, num_heads):
-        weight = g.op("Transpose", qkv_weight, perm_i=[1, 0])  # [C, 3C], folded into a constant
-        out = g.op("com.microsoft::Attention", x, weight, qkv_bias, onnx_absent(g), onnx_absent(g), bias,
-                   num_heads_i=num_heads)
-        return onnx_like(x, out)  # [B', L, C] like x
 
 
 class DropPath(nn.Module):
@@ -122,38 +53,35 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
+    """fc1, GELU, dropout, fc2, dropout (`drop` 0: no dropout)."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with an optional additive bias on the scores (before the softmax).
-    Temporal attention uses it without a bias."""
+    """Multi-head self-attention with an optional additive bias on the scores (before the softmax) and
+    dropout `proj_drop` after the output projection. Temporal attention uses it without a bias."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, proj_drop: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x, bias=None, return_probs: bool = False):
-        if torch.onnx.is_in_onnx_export() and not return_probs:
-            if bias is not None:
-                out = OnnxRuntimeBiasedSelfAttention.apply(x, self.qkv.weight, self.qkv.bias,
-                                                           onnx_runtime_bias(bias, x.shape[1]), self.num_heads)
-            else:  # q, k and v from the three weight blocks (no slices of a qkv output); the node adds the biases
-                q, k, v = (x @ weight.t() for weight in self.qkv.weight.chunk(3))
-                out = OnnxRuntimeMultiHeadAttention.apply(q, k, v, self.qkv.bias, None, self.num_heads)
-            return self.proj(out), None
+    def forward(self, x, bias=None, return_probs: bool = False):  # x [B', L, C]
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B', L, C]
         out, probs = multi_head_attention(q, k, v, self.num_heads, bias, return_probs)
-        return self.proj(out), probs
+        return self.proj_drop(self.proj(out)), probs
 
 
 class JointToJointAttention(SelfAttention):
@@ -162,18 +90,20 @@ class JointToJointAttention(SelfAttention):
     softmax((q k^T + alpha * G) * d^-0.5). G starts as the normalised skeleton adjacency
     (`initial_bias`), alpha at 1. Without `use_bias` the attention is plain."""
 
-    def __init__(self, dim: int, num_heads: int, initial_bias: torch.Tensor, use_bias: bool = True):
-        super().__init__(dim, num_heads)
+    def __init__(self, dim: int, num_heads: int, initial_bias: torch.Tensor, use_bias: bool = True,
+                 proj_drop: float = 0.0):
+        super().__init__(dim, num_heads, proj_drop)
         self.use_bias = use_bias
         if use_bias:
             self.joint_bias = nn.Parameter(initial_bias.expand(num_heads, -1, -1).clone())  # [h, V, V]
             self.alpha = nn.Parameter(torch.ones(()))
 
-    def forward(self, x, return_probs: bool = False):
-        head_dim = x.shape[-1] // self.num_heads
-        # [1, h, V, V]: with a 4-D bias (not 3-D) SDPA keeps its fused CPU kernel, twice as fast in inference
-        bias = (self.alpha * self.joint_bias * head_dim ** -0.5).unsqueeze(0) if self.use_bias else None
-        return super().forward(x, bias, return_probs)
+    def score_bias(self, head_dim: int):
+        """The bias added to the scaled scores, [1, h, V, V] (4-D keeps SDPA on its fused CPU kernel), or None."""
+        return (self.alpha * self.joint_bias * head_dim ** -0.5).unsqueeze(0) if self.use_bias else None
+
+    def forward(self, x, return_probs: bool = False):  # x [B', V, C]
+        return super().forward(x, self.score_bias(x.shape[-1] // self.num_heads), return_probs)
 
 
 def reference_scramble(x, num_tokens: int):
@@ -190,7 +120,7 @@ class JointToHyperedgeAttention(nn.Module):
     (`reference_scramble` of q, e and the second half of the flat k|v projection)."""
 
     def __init__(self, dim: int, num_heads: int, layout: str = "standard", use_main: bool = True,
-                 use_bias: bool = True):
+                 use_bias: bool = True, proj_drop: float = 0.0):
         super().__init__()
         if not (use_main or use_bias):
             raise ValueError("joint-to-hyperedge attention needs the main term or the bias term")
@@ -204,12 +134,13 @@ class JointToHyperedgeAttention(nn.Module):
             value_layer = self.v
         self.w1 = nn.Parameter(torch.zeros(num_heads, dim // num_heads))  # [h, d]
         self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
         for layer in (self.q, value_layer, self.proj):
             nn.init.trunc_normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, edge_features, return_probs: bool = False):
-        """x: normalised joints [B', V, C]; edge_features: hyperedge feature of each joint [B', V, C]."""
+    def queries_keys_values(self, x, edge_features):
+        """The attention's q, k (the hyperedge features) and v, each [B', V, C], in the head layout."""
         num_tokens = x.shape[1]
         q, e = self.q(x), edge_features
         if self.layout == "reference":
@@ -222,5 +153,10 @@ class JointToHyperedgeAttention(nn.Module):
             q = q * 0.0  # scores come from the bias alone (zeros that keep the dynamic batch in an export)
         if self.use_bias:  # the per-key bias is a bias on the queries: (q + w1) e^T = q e^T + 1 (e w1)^T per head
             q = q + self.w1.flatten()  # [B', V, C]
+        return q, e, value
+
+    def forward(self, x, edge_features, return_probs: bool = False):
+        """x: normalised joints [B', V, C]; edge_features: hyperedge feature of each joint [B', V, C]."""
+        q, e, value = self.queries_keys_values(x, edge_features)
         out, probs = multi_head_attention(q, e, value, self.num_heads, None, return_probs)
-        return self.proj(out), probs
+        return self.proj_drop(self.proj(out)), probs

@@ -8,6 +8,7 @@ one temporal LayerNorm are shared by all depths, as published.
 """
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,16 +19,20 @@ from lib.model.hypergraph import HyperedgeFeatures
 
 @dataclass
 class BackboneConfig:
-    dim: int = 128
+    """The backbone's settings (config keys in brackets): everything needed to rebuild it from weights."""
+    dim: int = 128  # [dim_rep]
     depth: int = 6
     num_heads: int = 8
     mlp_ratio: float = 2.0
-    max_frames: int = 243
-    in_channels: int = 3
+    max_frames: int = 243  # [maxlen] length of the temporal positional embedding
+    in_channels: int = 3  # x, y, confidence
     drop_path_rate: float = 0.1
-    with_hypergraph: bool = True  # --version 2
-    joint_label: tuple = (0, 1, 1, 1, 2, 2, 2, 0, 0, 3, 3, 4, 4, 4, 5, 5, 5)
-    joint_bias_init: str = "uniform"  # uniform: normalised skeleton adjacency; none: identity
+    # [block_dropout] the published dropout inside the spatial blocks, p = each block's drop-path rate: after
+    # the joint-to-joint attention's projection and in its MLP, after the hypergraph attention's projection
+    block_dropout: bool = True
+    with_hypergraph: bool = True  # [version] 2
+    joint_label: tuple = (0, 1, 1, 1, 2, 2, 2, 0, 0, 3, 3, 4, 4, 4, 5, 5, 5)  # [hyper.joint_label]
+    joint_bias_init: str = "uniform"  # [hyper_relation_bias] uniform: normalised skeleton adjacency; none: identity
     j2j_adjacency: bool = True
     j2e_layout: str = "standard"
     j2e_main: bool = True
@@ -35,13 +40,15 @@ class BackboneConfig:
 
 
 class JointToJointBlock(nn.Module):
-    def __init__(self, cfg: BackboneConfig, drop_path: float):
+    """Pre-norm joint-to-joint attention and MLP over the joints of each frame, x [B*T, V, C]."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, initial_bias: torch.Tensor, use_bias: bool,
+                 drop_path: float, drop: float):
         super().__init__()
-        initial = skeleton.normalized_adjacency() if cfg.joint_bias_init == "uniform" else torch.eye(skeleton.NUM_JOINTS)
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.attn = JointToJointAttention(cfg.dim, cfg.num_heads, torch.as_tensor(initial), cfg.j2j_adjacency)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = JointToJointAttention(dim, num_heads, initial_bias, use_bias, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, return_probs: bool = False):  # x [B*T, V, C]
@@ -51,13 +58,16 @@ class JointToJointBlock(nn.Module):
 
 
 class HypergraphBlock(nn.Module):
-    def __init__(self, cfg: BackboneConfig, drop_path: float):
+    """Pre-norm joint-to-hyperedge attention and MLP (no dropout in the MLP, as published), x [B*T, V, C]."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, joint_label, layout: str, use_main: bool,
+                 use_bias: bool, drop_path: float, drop: float):
         super().__init__()
-        self.edges = HyperedgeFeatures(cfg.dim, cfg.joint_label)
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.attn = JointToHyperedgeAttention(cfg.dim, cfg.num_heads, cfg.j2e_layout, cfg.j2e_main, cfg.j2e_bias)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
+        self.edges = HyperedgeFeatures(dim, joint_label)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = JointToHyperedgeAttention(dim, num_heads, layout, use_main, use_bias, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, return_probs: bool = False):  # x [B*T, V, C]
@@ -67,12 +77,14 @@ class HypergraphBlock(nn.Module):
 
 
 class TemporalBlock(nn.Module):
-    def __init__(self, cfg: BackboneConfig, drop_path: float):
+    """Pre-norm self-attention and MLP over the frames of each joint, x [B*V, T, C]."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.attn = SelfAttention(cfg.dim, cfg.num_heads)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, return_probs: bool = False):  # x [B*V, T, C]
@@ -84,10 +96,10 @@ class TemporalBlock(nn.Module):
 class SpatialBlock(nn.Module):
     """Joint-to-joint block, then (version 2) the hypergraph block."""
 
-    def __init__(self, cfg: BackboneConfig, drop_path: float):
+    def __init__(self, joint_block: JointToJointBlock, hyper_block: HypergraphBlock = None):
         super().__init__()
-        self.joint_block = JointToJointBlock(cfg, drop_path)
-        self.hyper_block = HypergraphBlock(cfg, drop_path) if cfg.with_hypergraph else None
+        self.joint_block = joint_block
+        self.hyper_block = hyper_block
 
     def forward(self, x, return_probs: bool = False):
         x, j2j = self.joint_block(x, return_probs)
@@ -104,9 +116,16 @@ class SkeletonBackbone(nn.Module):
         self.joint_embed = nn.Linear(cfg.in_channels, cfg.dim)
         self.spatial_pos = nn.Parameter(torch.zeros(1, skeleton.NUM_JOINTS, cfg.dim))
         self.temporal_pos = nn.Parameter(torch.zeros(1, cfg.max_frames, cfg.dim))
+        initial = skeleton.normalized_adjacency() if cfg.joint_bias_init == "uniform" else np.eye(skeleton.NUM_JOINTS)
         drop_path = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        self.spatial_blocks = nn.ModuleList(SpatialBlock(cfg, p) for p in drop_path)
-        self.temporal_blocks = nn.ModuleList(TemporalBlock(cfg, p) for p in drop_path)
+        drop = drop_path if cfg.block_dropout else [0.0] * cfg.depth
+        self.spatial_blocks = nn.ModuleList(
+            SpatialBlock(JointToJointBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, torch.as_tensor(initial, dtype=torch.float32),
+                                           cfg.j2j_adjacency, p, d),
+                         HypergraphBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.joint_label, cfg.j2e_layout,
+                                         cfg.j2e_main, cfg.j2e_bias, p, d) if cfg.with_hypergraph else None)
+            for p, d in zip(drop_path, drop))
+        self.temporal_blocks = nn.ModuleList(TemporalBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, p) for p in drop_path)
         self.spatial_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.temporal_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
 

@@ -6,8 +6,8 @@ coloured by the attention each joint receives, of the hyperedge membership (vers
 sheet of all of them, and optionally the raw maps (attention.npz). Layers, heads, frames and persons
 are numbered from 0. Shapes: L layers, h heads, T frames (data.clip_len), V = 17 joints, K classes.
 """
-import dataclasses
 import logging
+import textwrap
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,12 +22,9 @@ from matplotlib.ticker import MaxNLocator
 from lib import skeleton
 from lib.config import Config
 from lib.data.dataset import ActionDataset
-from lib.data.labels import class_names
-from lib.data.pyskl import load_store
-from lib.engine.checkpoint import load_model_weights
+from lib.engine.build import load_trained
 from lib.engine.runtime import keep_freed_memory, pick_device, setup_logging
 from lib.errors import UserError
-from lib.model.action import build_model
 from lib.model.hypergraph import incidence_matrix
 
 log = logging.getLogger(__name__)
@@ -302,8 +299,28 @@ def save_sheet(panels: list[Panel], size_px: tuple, title: str, path: Path):
     for panel in panels:
         cell = (panel.column * cell_w, grid_h - (panel.row + panel.row_span) * cell_h, cell_w, panel.row_span * cell_h)
         panel.draw(*cell_axes(fig, cell, SHEET), SHEET.font)
-    fig.text(0.5, 1 - 10 / size_px[1], title, ha="center", va="top", fontsize=SINGLE.font + 2)
+    text = fig.text(0.5, 1 - 10 / size_px[1], title, ha="center", va="top", fontsize=SINGLE.font + 2)
+    fit_text(text, size_px[0] - 20, SHEET_TITLE_PX - 14)
     fig.savefig(path, dpi=DPI)
+
+
+def fit_text(text, width: float, height: float, min_font: int = 6):
+    """Make a text artist fit `width` x `height` pixels without losing a character: a smaller font
+    (down to `min_font`) first, then its lines wrapped at spaces (or inside over-long words). Long class
+    names in a sheet's title are never clipped at the image edge this way."""
+    renderer = text.figure.canvas.get_renderer()
+
+    def extent():
+        box = text.get_window_extent(renderer)
+        return box.width, box.height
+
+    while text.get_fontsize() > min_font and (extent()[0] > width or extent()[1] > height):
+        text.set_fontsize(text.get_fontsize() - 1)
+    lines = text.get_text().split("\n")
+    chars = max(len(line) for line in lines)
+    while extent()[0] > width and chars > 10:
+        chars = min(chars - 1, int(chars * width / extent()[0]))
+        text.set_text("\n".join(textwrap.fill(line, max(chars, 10)) for line in lines))
 
 
 def sample_panels(cfg: Config, opts: VisOptions, raw: dict, clip: np.ndarray) -> list[Panel]:
@@ -363,16 +380,10 @@ def visualise_attention(cfg: Config, checkpoint, opts: VisOptions) -> list[Path]
     check_options(opts, cfg)
     setup_logging()
     keep_freed_memory()
-    single_clip = dataclasses.replace(cfg.data, num_clips=1)  # maps of the evenly spaced test clip
-    dataset = ActionDataset(load_store(cfg.data.pickle_path), single_clip, train=False, seed=cfg.train.seed)
-    indices = select_samples(dataset, opts.samples, opts.per_class)
-    names = class_names(cfg.data.action_classes, cfg.data.label_map)
     device = pick_device(cfg.train.device)
-    model = build_model(cfg)
-    note = load_model_weights(model, checkpoint)
-    if note:
-        log.info(note)
-    model.to(device).eval()
+    trained = load_trained(cfg, checkpoint, device, single_clip=True)  # maps of the evenly spaced test clip
+    model, dataset, names = trained.model, trained.val_set, trained.class_names
+    indices = select_samples(dataset, opts.samples, opts.per_class)
     folders = []
     for index in indices:
         clip, label = dataset[index]  # float32 [M, T, V, 3], int

@@ -1,0 +1,52 @@
+"""Models from the config: a fresh action model, or a trained one with the validation split it is judged on."""
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from lib.config import Config
+from lib.data.dataset import ActionDataset
+from lib.data.labels import class_names
+from lib.data.pyskl import load_store
+from lib.engine.checkpoint import load_model_weights
+from lib.model.action import ActionNet, build_model
+from lib.model.backbone import BackboneConfig
+
+log = logging.getLogger(__name__)
+
+
+def backbone_settings(cfg: Config) -> BackboneConfig:
+    m = cfg.model
+    return BackboneConfig(
+        dim=m.dim_rep, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, max_frames=m.maxlen,
+        drop_path_rate=m.drop_path_rate, block_dropout=m.block_dropout, with_hypergraph=m.version == 2,
+        joint_label=tuple(cfg.hyper.joint_label[0]), joint_bias_init=m.hyper_relation_bias,
+        j2j_adjacency=m.j2j_adjacency, j2e_layout=m.j2e_layout, j2e_main=m.j2e_main, j2e_bias=m.j2e_bias)
+
+
+def action_model(cfg: Config) -> ActionNet:
+    """The config's action model with fresh weights."""
+    return build_model(cfg.data.action_classes, backbone_settings(cfg), cfg.model.hidden_dim, cfg.model.dropout_ratio)
+
+
+@dataclass
+class Trained:
+    model: ActionNet  # in eval mode, on the device
+    val_set: ActionDataset  # the config's validation split
+    class_names: list[str]
+
+
+def load_trained(cfg: Config, checkpoint, device: torch.device = torch.device("cpu"), micro_batch: int = 0,
+                 single_clip: bool = False) -> Trained:
+    """The config's model with the weights of `checkpoint` (ours, converted or published; anything that does
+    not fit is a one-line error), in eval mode on `device`, with the validation split of the config
+    (`single_clip`: one evenly spaced clip per sample, whatever data.num_clips says) and its class names."""
+    data = dataclasses.replace(cfg.data, num_clips=1) if single_clip else cfg.data
+    val_set = ActionDataset(load_store(cfg.data.pickle_path), data, train=False, seed=cfg.train.seed)
+    names = class_names(cfg.data.action_classes, cfg.data.label_map)
+    model = action_model(cfg)
+    note = load_model_weights(model, checkpoint)
+    if note:
+        log.info(note)
+    return Trained(model.set_micro_batch(micro_batch).to(device).eval(), val_set, names)
