@@ -16,6 +16,8 @@ def main(argv=None):
     parser.add_argument("--ensemble", nargs="+", default=None, metavar="SCORES",
                         help="fuse the --save-scores files of several evaluations instead of evaluating")
     parser.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per --ensemble file")
+    parser.add_argument("--confusion-all-classes", action="store_true",
+                        help="confusion.png with every class of the label map (default: the classes present)")
     args = parser.parse_args(argv)
     if args.weights and not args.ensemble:
         raise UserError("--weights goes with --ensemble")
@@ -25,7 +27,7 @@ def main(argv=None):
         return
     if not args.evaluate:
         raise UserError("--evaluate CKPT is required: the checkpoint to evaluate (or --ensemble SCORES...)")
-    evaluate_checkpoint(cfg, args.evaluate, args.out_dir, args.save_scores)
+    evaluate_checkpoint(cfg, args.evaluate, args.out_dir, args.save_scores, args.confusion_all_classes)
 
 
 if __name__ == "__main__":

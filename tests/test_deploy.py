@@ -12,7 +12,7 @@ import torch
 from lib.config import load_yaml_config
 from lib.data import synthetic
 from lib.deploy.inference import OnnxActionModel, window_starts
-from lib.model.action import build_model
+from lib.engine.build import action_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_FLAGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml",
@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     cfg = load_yaml_config(ROOT / SEED_FLAGS[1], ROOT / SEED_FLAGS[3],
                            overrides=[o for o in overrides if o != "--set"])
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = action_model(cfg)
     with torch.no_grad():  # non-trivial weights: the zero-initialised biases and BN statistics move
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -58,18 +58,41 @@ def export(setup, name, *extra):
 
 def checkpoint_logits(setup, x: np.ndarray) -> np.ndarray:
     """PyTorch logits of the setup's checkpoint for the clips x [N, 2, T, 17, 3]."""
-    torch_model = build_model(setup["cfg"]).eval()
+    torch_model = action_model(setup["cfg"]).eval()
     torch_model.load_state_dict(torch.load(setup["ckpt"], weights_only=True)["model"])
     with torch.no_grad():
         return torch_model(torch.from_numpy(x)).numpy()
 
 
+def assert_input_dims(onnx_path, session, expected):
+    """The exported input pose2d has the dimensions `expected`: an int where the size is fixed, None where it
+    must be dynamic. Read from the ONNX graph (a symbol, dim_param, a size, dim_value, or neither: unknown)
+    and from the ONNX Runtime session (a str, an int or None); named dynamic dimensions have distinct
+    symbols, so they vary independently."""
+    import onnx
+
+    (graph_input,) = [i for i in onnx.load(str(onnx_path)).graph.input if i.name == "pose2d"]
+    graph_dims = [getattr(d, d.WhichOneof("value")) if d.WhichOneof("value") else None
+                  for d in graph_input.type.tensor_type.shape.dim]
+    (session_input,) = session.get_inputs()
+    assert session_input.name == "pose2d"
+    for dims in (graph_dims, session_input.shape):
+        assert len(dims) == len(expected), (dims, expected)
+        for dim, size in zip(dims, expected):
+            if size is None:
+                assert dim is None or (isinstance(dim, str) and dim), (dims, expected)  # dynamic
+            else:
+                assert type(dim) is int and dim == size, (dims, expected)  # fixed
+    symbols = [dim for dim, size in zip(graph_dims, expected) if size is None and dim is not None]
+    assert len(set(symbols)) == len(symbols), graph_dims
+
+
 def test_export_has_dynamic_batch_and_frames_and_parity(setup):
     out, stdout = export(setup, "model.onnx")
     model = OnnxActionModel(out)
-    (inp,), (outp,) = model.session.get_inputs(), model.session.get_outputs()
-    assert inp.name == "pose2d" and inp.shape[1:] == [2, inp.shape[2], 17, 3] and isinstance(inp.shape[0], str)
-    assert isinstance(inp.shape[2], str) and outp.name == "action_label" and outp.shape[1] == 60
+    assert_input_dims(out, model.session, [None, 2, None, 17, 3])  # [N, 2, T, 17, 3], N and T dynamic
+    (outp,) = model.session.get_outputs()
+    assert outp.name == "action_label" and not isinstance(outp.shape[0], int) and outp.shape[1] == 60  # [N, 60]
     assert model.clip_len == 12 and len(model.class_names) == 60 and model.class_names[0] == "drink water"
     for fragment in ("random N=1 T=12", "random N=4 T=6", "validation N=4 T=12", "parity ok"):
         assert fragment in stdout
@@ -96,7 +119,7 @@ def test_every_attention_exports_as_one_fused_node_with_parity(setup, overrides,
     cfg = load_yaml_config(ROOT / SEED_FLAGS[1], ROOT / SEED_FLAGS[3],
                            overrides=[o for o in setup["overrides"] if o != "--set"] + overrides)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = action_model(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -131,7 +154,9 @@ def test_int8_export_quantizes_the_linear_layers_and_checks_agreement(setup):
     x = np.random.default_rng(4).uniform(-1, 1, (3, 2, 12, 17, 3)).astype(np.float32)
     expected = checkpoint_logits(setup, x)
     actual = model.session.run(["action_label"], {"pose2d": x})[0]
-    assert 0 < np.abs(actual - expected).max() < 0.1 * np.abs(expected).max()  # quantized, yet the same model
+    # quantized, yet the same model: int8 kernels differ between CPUs (VNNI or not), so no tight bound
+    assert np.abs(actual - expected).max() > 0
+    assert np.corrcoef(actual.ravel(), expected.ravel())[0, 1] > 0.95
     refused = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment",
                   setup["tmp"] / "refused.onnx", *setup["overrides"], "--quantize", "int8", "--min-agreement", "1.01",
                   check=False)
@@ -142,11 +167,12 @@ def test_int8_export_quantizes_the_linear_layers_and_checks_agreement(setup):
 def test_ntvc_layout_is_single_person(setup):
     out, stdout = export(setup, "model_ntvc.onnx", "--layout", "NTVC")
     model = OnnxActionModel(out)
-    assert model.session.get_inputs()[0].shape[1:] == [model.session.get_inputs()[0].shape[1], 17, 3]
+    assert_input_dims(out, model.session, [None, None, 17, 3])  # [N, T, 17, 3], N and T dynamic
     assert model.layout == "NTVC" and "parity ok" in stdout
-    x = np.random.default_rng(2).uniform(-1, 1, (2, 12, 17, 3)).astype(np.float32)
-    expected = checkpoint_logits(setup, np.stack([x, np.zeros_like(x)], axis=1))
-    assert np.abs(model.session.run(None, {"pose2d": x})[0] - expected).max() < 1e-4
+    for n, t in ((2, 12), (3, 7)):  # the export's clip length, and another N and T
+        x = np.random.default_rng(2).uniform(-1, 1, (n, t, 17, 3)).astype(np.float32)
+        expected = checkpoint_logits(setup, np.stack([x, np.zeros_like(x)], axis=1))
+        assert np.abs(model.session.run(None, {"pose2d": x})[0] - expected).max() < 1e-4
 
 
 def test_infer_matches_evaluate_for_the_same_sample(setup):

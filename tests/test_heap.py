@@ -1,4 +1,5 @@
 """keep_freed_memory: tensors freed by one forward pass are reused by the next without page faults."""
+import os
 import platform
 import subprocess
 import sys
@@ -30,9 +31,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, 2 * 24 * 8 * 
 """
 
 
+def glibc_defaults_env() -> dict:
+    """This process's environment without the variables that tune glibc's malloc (MALLOC_ARENA_MAX,
+    MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, ... and GLIBC_TUNABLES): the child starts with glibc's
+    default policy whatever the shell running the tests exports."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
 def page_faults(keep: bool) -> tuple[int, int]:
     out = subprocess.run([sys.executable, "-c", WORKLOAD.format(root=str(ROOT), keep=keep)], check=True,
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, env=glibc_defaults_env()).stdout
     faults, pages = map(int, out.split())
     return faults, pages
 

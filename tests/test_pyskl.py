@@ -437,6 +437,60 @@ def test_bad_img_shape(tmp_path, img_shape):
     expect_user_error(path, name, "img_shape")
 
 
+# Every number of a sample must be real (integer or floating point): bool, complex, strings and objects are
+# refused with one line that names the sample, the key and what to do (not a TypeError from the packing
+# process). The annotation of sample 2 has 1 person and 12 frames.
+KP, SCORE = np.ones((1, 12, 17, 2), np.float32), np.ones((1, 12, 17), np.float32)
+BAD_DTYPES = {
+    "keypoint": [KP.astype(object), KP.astype(str), KP.astype(np.complex64), KP.astype(bool)],
+    "keypoint_score": [SCORE.astype(object), SCORE.astype(str), SCORE.astype(np.complex128), SCORE.astype(bool)],
+    "img_shape": [np.array([1080, 1920], dtype=object), np.array(["1080", "1920"]), np.array([1080, 1920], complex),
+                  ("1080", "1920"), (1080 + 0j, 1920), (True, 1920), (float("nan"), 1920)],
+    "original_shape": [np.array([1080, 1920], dtype=object), np.array(["1080", "1920"]),
+                       np.array([1080, 1920], complex), ("1080", "1920"), (1080, 1920j)],
+    "total_frames": [np.array(12, dtype=object), np.array("12"), np.complex64(12), "12", 12.5, np.array([12, 12])],
+    "label": [np.array(1, dtype=object), np.str_("1"), np.complex64(1), np.float32(1), np.array([1])],
+}
+
+
+@pytest.mark.parametrize("key, value", [(key, value) for key, values in BAD_DTYPES.items() for value in values],
+                         ids=[f"{key}-{i}" for key, values in BAD_DTYPES.items() for i in range(len(values))])
+def test_bad_dtype_is_a_one_line_error_naming_sample_and_key(tmp_path, key, value):
+    path, name = broken(tmp_path, 2, **{key: value})
+    message = expect_user_error(path, str(path), f"sample {name} has {key} ")
+    assert "Traceback" not in message and len(message) < 400, message
+    assert any(hint in message for hint in ("convert it", "set it to", "fix the label", "remove")), message
+
+
+@pytest.mark.parametrize("key", list(BAD_DTYPES))
+def test_bad_dtype_reaches_the_caller_of_load_store_as_a_user_error(tmp_path, key):
+    """Without the cache too (a temporary folder), the packing process's error comes back as it was
+    raised, the only sample of its kind named, and nothing is left behind."""
+    data = tiny_dataset()
+    ann = data["annotations"][4]
+    ann[key] = BAD_DTYPES[key][0] if key not in ("keypoint", "keypoint_score") else ann[key].astype(object)
+    path = write_pickle(tmp_path / "bad.pkl", data)
+    for use_cache in (True, False):
+        message = expect_user_error(path, ann["frame_dir"], f" {key} ", use_cache=use_cache)
+        assert sum(a["frame_dir"] in message for a in data["annotations"]) == 1, message
+    assert not [p for p in (tmp_path / ".cache").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("key, value", [
+    ("keypoint", KP.astype(np.int16) * 100), ("keypoint", KP.astype(np.float16)), ("keypoint", KP.astype(">f8")),
+    ("keypoint_score", SCORE.astype(np.uint8)), ("img_shape", np.array([1080.0, 1920.0])),
+    ("img_shape", [np.int64(1080), 1920]), ("original_shape", np.array([1080, 1920], np.uint16)),
+    ("total_frames", np.int32(12)), ("total_frames", 12.0), ("total_frames", np.array(12)), ("label", np.uint8(1)),
+])
+def test_integer_and_floating_point_dtypes_are_accepted(tmp_path, key, value):
+    path, name = broken(tmp_path, 2, **{key: value})
+    store = load_store(path)
+    i = list(store.frame_dir).index(name)
+    if key in ("keypoint", "keypoint_score"):
+        np.testing.assert_array_equal(store.raw_sample(i)[key == "keypoint_score"], value)
+    assert tuple(store.img_hw[i]) == (1080, 1920) and store.frames[i] == 12
+
+
 def test_duplicate_frame_dir(tmp_path):
     data = tiny_dataset()
     data["annotations"][4]["frame_dir"] = data["annotations"][1]["frame_dir"]

@@ -18,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,10 @@ from lib.cli import build_parser, config_from_args, run_main
 from lib.config import config_to_dict, load_yaml_config
 from lib.data import synthetic
 from lib.data.pyskl import load_store
+from lib.engine import classification as engine_classification
+from lib.engine.classification import ClassificationTask
 from lib.engine import train as engine_train
-from lib.model.action import build_model
+from lib.engine.build import action_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = {1: "hyper_config/method2/manual_joint_label1.yaml", 2: "hyper_config/method2/manual_joint_label2.yaml"}
@@ -48,7 +49,7 @@ NTU120_SAMPLES = 240  # two per NTU120 action: both the xsub and the xset halves
 REFERENCE_SETS = ["epochs=3", "batch_size=2", "ckpt_save_frequency=2", "lr_backbone=0.002", "lr_head=0.002"]
 METRIC_KEYS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                "lr_backbone", "lr_head")
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "best_acc", "config")
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "progress", "config")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -236,11 +237,11 @@ def test_seed_training_command_writes_checkpoints_config_log_metrics_and_tensorb
 
     # the checkpoints are the states after those epochs
     latest, best, second = load(out / "latest_epoch.bin"), load(out / "best_epoch.bin"), load(out / "epoch_2.bin")
-    assert (latest["epoch"], latest["next_batch"]) == (3, 0)
+    assert (latest["progress"]["epoch"], latest["progress"]["next_batch"]) == (3, 0)
     assert second["epoch"] == 2
     val_top1 = [r["val_top1"] for r in records]
     assert best["epoch"] == 1 + int(np.argmax(val_top1))  # the first epoch with the highest top-1
-    assert best["best_acc"] == pytest.approx(max(val_top1)) == latest["best_acc"]
+    assert best["progress"]["best_score"] == pytest.approx(max(val_top1)) == latest["progress"]["best_score"]
     assert latest["config"] == config_to_dict(cfg)
 
     # TensorBoard: the same numbers, one point per epoch
@@ -263,9 +264,9 @@ def test_checkpoints_load_with_weights_only_and_hold_the_training_state(referenc
         assert isinstance(state["rng"]["torch"], torch.Tensor) and state["rng"]["torch"].dtype == torch.uint8
         assert state["config"] == config_to_dict(cfg)
         assert state["scheduler"]["last_epoch"] == state["epoch"]
-        model = build_model(cfg)
+        model = action_model(cfg)
         model.load_state_dict(state["model"])  # strict: every key, every shape
-        optimizer, scheduler = engine_train.make_optimizer(model, cfg)
+        optimizer, scheduler = engine_train.make_optimizer(ClassificationTask(cfg).parameter_groups(model), cfg)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         # Adam has stepped once per training batch so far (50 per epoch)
@@ -364,12 +365,12 @@ def test_the_other_seed_configs_train_a_quickdebug_epoch(config, data, reference
 def test_quickdebug_runs_one_training_and_one_validation_batch_per_epoch(data, tmp_path, monkeypatch):
     forwards = []  # (training mode, batch size) of every forward pass of the model
 
-    def counting_build_model(cfg, micro_batch=0):
-        model = build_model(cfg, micro_batch)
+    def counting_action_model(cfg):
+        model = action_model(cfg)
         model.register_forward_hook(lambda module, args, output: forwards.append((module.training, len(args[0]))))
         return model
 
-    monkeypatch.setattr(engine_train, "build_model", counting_build_model)
+    monkeypatch.setattr(engine_classification, "action_model", counting_action_model)
     out = tmp_path / "quick"
     argv = train_argv("train_NTU60_xsub_small", out,
                       overrides=demo_sets(data) + ["quickdebug=true", "epochs=2", "batch_size=4"])
@@ -385,12 +386,12 @@ def test_quickdebug_runs_one_training_and_one_validation_batch_per_epoch(data, t
 def test_best_epoch_is_saved_even_when_validation_accuracy_stays_zero(data, tmp_path, monkeypatch):
     """A run whose validation top-1 is 0 in every epoch (common in quickdebug runs and early epochs) still
     has a best_epoch.bin to evaluate, as the README's evaluation command expects."""
-    real_metrics = engine_train.classification_metrics
+    real_metrics = engine_classification.classification_metrics
 
     def zero_top1(logits, labels):
         return dict(real_metrics(logits, labels), top1=0.0)
 
-    monkeypatch.setattr(engine_train, "classification_metrics", zero_top1)
+    monkeypatch.setattr(engine_classification, "classification_metrics", zero_top1)
     out = tmp_path / "zero"
     argv = train_argv("train_NTU60_xsub_small", out,
                       overrides=demo_sets(data) + ["quickdebug=true", "epochs=2", "batch_size=4"])
@@ -529,40 +530,52 @@ def test_resume_at_an_epoch_boundary_ends_bit_identical(reference, tmp_path):
         assert len(epoch_lines(log_text, epoch)) == 1
 
 
+# Runs the real entry train_action.py as `python train_action.py ARGS` does, with one change: the process
+# sends itself SIGTERM when the training set reads its nth sample. With num_workers=0 the samples are read
+# in this process, one batch at a time, so the signal arrives while the batch holding that sample is being
+# read, however fast the machine is; signal.raise_signal runs the installed Python handler (the training
+# loop's) before it returns, and the loop stops after that batch.
+SIGTERM_LAUNCHER = """
+import runpy, signal, sys
+sys.path[0] = {root!r}  # as for `python train_action.py`: the project root first
+from lib.data.dataset import ActionDataset
+
+read_sample, reads = ActionDataset.__getitem__, 0
+
+
+def read_and_signal(self, i):
+    global reads
+    if self.train:
+        reads += 1
+        if reads == {nth}:
+            signal.raise_signal(signal.SIGTERM)
+    return read_sample(self, i)
+
+
+ActionDataset.__getitem__ = read_and_signal
+sys.argv[0] = "train_action.py"
+runpy.run_path("train_action.py", run_name="__main__")
+"""
+SIGTERM_BATCH = 7  # 1-based; the signal comes with the batch's last sample (batch_size 2)
+
+
 def test_sigterm_mid_epoch_saves_and_resume_ends_bit_identical(reference, tmp_path):
     out = tmp_path / "interrupted"
-    argv = train_argv("train_NTU60_xsub_small", out, overrides=reference["overrides"])
-    proc = subprocess.Popen([sys.executable, "train_action.py", *map(str, argv)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr, first_batch_done = bytearray(), threading.Event()
-
-    def drain():  # keep the pipe empty; the progress bar shows loss= once the first batch is done
-        while chunk := os.read(proc.stderr.fileno(), 65536):
-            stderr.extend(chunk)
-            if b"loss=" in stderr:
-                first_batch_done.set()
-        first_batch_done.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        assert first_batch_done.wait(TIMEOUT) and proc.poll() is None, stderr.decode(errors="replace")
-        proc.send_signal(signal.SIGTERM)
-        returncode = proc.wait(TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(10)
-    text = stderr.decode(errors="replace")
-    assert returncode == 128 + signal.SIGTERM, text[-3000:]
-    assert "Traceback" not in text
+    launcher = tmp_path / "train_with_sigterm.py"
+    launcher.write_text(SIGTERM_LAUNCHER.format(root=str(ROOT), nth=2 * SIGTERM_BATCH))
+    argv = train_argv("train_NTU60_xsub_small", out, overrides=reference["overrides"] + ["num_workers=0"])
+    interrupted = subprocess.run([sys.executable, str(launcher), *map(str, argv)], cwd=ROOT, env=ENV,
+                                 capture_output=True, text=True, timeout=TIMEOUT)
+    assert interrupted.returncode == 128 + signal.SIGTERM, interrupted.stderr[-3000:]
+    assert "Traceback" not in interrupted.stderr
 
     state = load(out / "latest_epoch.bin")
     batches_per_epoch = split_size(Path(reference["config"].data.pickle_path), "xsub_train") // 2
-    assert state["epoch"] == 0 and 0 < state["next_batch"] < batches_per_epoch, (state["epoch"], state["next_batch"])
-    assert state["meter"]["count"] == 2 * state["next_batch"]
-    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {float(state["next_batch"])}
+    progress = state["progress"]
+    # saved after the batch during which the signal came: mid-epoch, at exactly that batch
+    assert progress["epoch"] == 0 and progress["next_batch"] == SIGTERM_BATCH < batches_per_epoch, progress
+    assert progress["sums"]["count"] == 2 * progress["next_batch"]
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {float(progress["next_batch"])}
     assert "stopped by signal 15" in (out / "run_action.log").read_text()
     if (out / "metrics.jsonl").exists():
         assert read_metrics(out) == [], "no epoch was completed"
@@ -598,7 +611,7 @@ def test_finetune_from_our_action_checkpoint_with_partial_train(reference, data,
     log_text = (out / "run_action.log").read_text()
     assert f"backbone from {source}: {len(before)} loaded, 0 missing, 0 unexpected, 0 with another shape" in log_text
     cfg = expected_config(argv)
-    backbone_params = dict(build_model(cfg).backbone.named_parameters())
+    backbone_params = dict(action_model(cfg).backbone.named_parameters())
     trainable = [name for name in backbone_params if "temporal_blocks.0" in name]
     assert trainable and len(trainable) < len(backbone_params)
     assert f"partial_train: {len(trainable)} backbone tensors trainable" in log_text
@@ -609,7 +622,7 @@ def test_finetune_from_our_action_checkpoint_with_partial_train(reference, data,
     assert changed == sorted(trainable), "exactly the partial_train tensors move; the loaded rest stays put"
     groups = state["optimizer"]["param_groups"]
     assert len(groups[0]["params"]) == len(trainable)
-    assert len(groups[1]["params"]) == sum(1 for _ in build_model(cfg).head.parameters())
+    assert len(groups[1]["params"]) == sum(1 for _ in action_model(cfg).head.parameters())
 
 
 def test_finetune_from_a_partial_backbone_state_dict_reports_the_counts(reference, data, tmp_path, monkeypatch):

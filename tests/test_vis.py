@@ -1,7 +1,9 @@
 """vis_action_attn.py end to end on a tiny synthetic dataset and a tiny model with random weights: the
 seed command as a real process and in-process, the figures it writes (names, pixel sizes, not blank),
 the raw maps of --attn-save, the --head / --frame / --person / --per-class choices, version 1, and bad
-input as one-line errors."""
+input as one-line errors. Also: no text of any picture (these figures and the confusion.png of evaluations)
+is clipped at an image edge, whatever the length of the class names."""
+import csv
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
+from matplotlib.text import Text
 
 import vis_action_attn
 from lib.cli import build_parser, config_from_args, run_main
@@ -19,7 +22,8 @@ from lib.data import synthetic
 from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.data.pyskl import load_store
-from lib.model.action import build_model
+from lib.engine import evaluate
+from lib.engine.build import action_model
 from lib.vis import attention as vis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +44,7 @@ def tiny_overrides(data_root: Path, dataset: str) -> list[str]:
 def random_checkpoint(args: list[str], path: Path) -> Path:
     """A checkpoint of the model these arguments build, with weights far from the (near-uniform) init."""
     torch.manual_seed(0)
-    model = build_model(config_from_args(build_parser("test").parse_args(args)))
+    model = action_model(config_from_args(build_parser("test").parse_args(args)))
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.5)
@@ -264,3 +268,164 @@ def test_bad_input_in_a_real_process(env, tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == ["error: --head must be in 0..1 (model.num_heads is 2), got 5"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# No text is clipped at an image edge
+
+
+def drawn_texts(fig) -> list:
+    """The non-empty text artists a draw of `fig` renders: figure and axes texts, titles, axis and colorbar
+    labels, annotations, and the tick labels of the ticks inside the view limits (an Axis keeps Text
+    objects of ticks it does not draw)."""
+    fig.canvas.draw()
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            undrawn.update(id(label) for tick in axis.majorTicks + axis.minorTicks
+                           for label in (tick.label1, tick.label2))
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * max(hi - lo, 1.0)
+            ticks = (axis.get_major_ticks(len(axis.get_majorticklocs()))
+                     + axis.get_minor_ticks(len(axis.get_minorticklocs())))
+            undrawn.difference_update(id(label) for tick in ticks if lo - slack <= tick.get_loc() <= hi + slack
+                                      for label in (tick.label1, tick.label2))
+    return [t for t in fig.findobj(Text) if id(t) not in undrawn and t.get_visible() and t.get_text().strip()]
+
+
+def assert_no_text_clipped(fig, what: str = "figure"):
+    """Every drawn text's window extent lies inside the figure's pixel box (half a pixel of slack)."""
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    texts = drawn_texts(fig)
+    assert texts, f"{what}: no text drawn"
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        inside = (extent.x0 >= box.x0 - 0.5 and extent.y0 >= box.y0 - 0.5
+                  and extent.x1 <= box.x1 + 0.5 and extent.y1 <= box.y1 + 0.5)
+        assert inside, f"{what}: {text.get_text()!r} at {extent.extents.round(1)} leaves {box.extents}"
+
+
+def ntu120_names_longest_first() -> list[str]:
+    return sorted(class_names(120), key=len, reverse=True)
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """Every Figure lib/vis makes while the test runs, in order."""
+    made, new_figure = [], vis.new_figure
+
+    def recording(size_px):
+        made.append(new_figure(size_px))
+        return made[-1]
+
+    monkeypatch.setattr(vis, "new_figure", recording)
+    return made
+
+
+def test_no_text_of_the_written_pngs_is_clipped(env, tmp_path, capsys, figures):
+    run_in_process(env.args + ["--evaluate", str(env.ckpt), "--attn-dir", str(tmp_path), "--head", "1"], capsys)
+    (folder,) = tmp_path.iterdir()
+    check_pngs(folder)
+    assert len(figures) == len(expected_pngs())
+    for fig in figures:
+        size = tuple(int(v) for v in fig.bbox.size)
+        assert size in set(expected_pngs().values())
+        assert_no_text_clipped(fig, f"figure of {size} px")
+    # the sheet, titled with the sample's true and predicted class names
+    assert "true: " in figures[-1].texts[0].get_text()
+
+
+# None: the two longest NTU120 names; 300: names of a custom label map. Version 1 has the narrowest sheet.
+@pytest.mark.parametrize("version, name_length", [(1, None), (2, None), (1, 300)])
+def test_sheet_title_with_long_class_names_is_not_clipped(env, seed_run, tmp_path, figures, version, name_length):
+    """The sheet is titled with the true and predicted class names: the two longest of NTU120 fit at the
+    normal size; names of a custom label map of any length are wrapped, never cut."""
+    saved = np.load(seed_run.folder / "attention.npz")
+    raw = {key: saved[key] for key in ("joint", "temporal", "hyperedge")[:3 if version == 2 else 2]}
+    panels = vis.sample_panels(env.cfg, vis.VisOptions(), raw, saved["clip"])
+    true, predicted = ntu120_names_longest_first()[:2]
+    if name_length:
+        true = predicted = " ".join(["unusually-long-class-name"] * 20)[:name_length]
+    title = (f"{env.dataset.frame_dirs[0]} (validation sample 0, person 0)\n"
+             f"true: {true}    predicted: {predicted} (p = 0.99)")
+    size = vis.sheet_size_px(LAYERS, version == 2)
+    vis.save_sheet(panels, size, title, tmp_path / "sheet.png")
+    assert read_png(tmp_path / "sheet.png").shape == (size[1], size[0], 3)
+    fig = figures[-1]
+    assert_no_text_clipped(fig, f"version {version} sheet")
+    (text,) = fig.texts
+    assert text.get_text().split() == title.split()  # every word kept, at most re-wrapped
+    if name_length is None:
+        assert text.get_text() == title and text.get_fontsize() == vis.SINGLE.font + 2
+        band = text.get_window_extent(fig.canvas.get_renderer())
+        assert band.y0 >= size[1] - vis.SHEET_TITLE_PX  # within its band, above the panels
+
+
+def test_fit_text_wraps_only_what_does_not_fit():
+    fig = vis.new_figure((400, 100))
+    text = fig.text(0.5, 0.9, "short", fontsize=11)
+    vis.fit_text(text, 380, 80)
+    assert text.get_text() == "short" and text.get_fontsize() == 11
+    text.set_text("a rather long line of words " * 6)
+    vis.fit_text(text, 380, 80)
+    assert text.get_fontsize() == 6 and "\n" in text.get_text()
+    assert text.get_window_extent(fig.canvas.get_renderer()).width <= 380
+
+
+@pytest.mark.parametrize("num_classes", [60, 120])
+def test_confusion_with_all_classes_names_every_class_in_full(tmp_path, num_classes):
+    names = class_names(num_classes)
+    rng = np.random.default_rng(num_classes)
+    labels = rng.integers(0, num_classes, 300)
+    predicted = np.where(rng.random(300) < 0.5, labels, rng.integers(0, num_classes, 300))
+    matrix = evaluate.confusion_matrix(predicted, labels, num_classes)
+    fig = evaluate.plot_confusion(matrix, names, tmp_path / "confusion.png", "NTU xsub_val: top-1 50.00%",
+                                  all_classes=True)
+    assert_no_text_clipped(fig, f"confusion of {num_classes} classes")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{name}  {c}" for c, name in enumerate(names)]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in range(num_classes)]
+    height, width = read_png(tmp_path / "confusion.png").shape[:2]
+    assert (width, height) == tuple(int(v) for v in fig.bbox.size)
+
+
+def test_confusion_shows_the_classes_present_with_their_real_ids(tmp_path, monkeypatch):
+    """write_evaluation: per_class.csv lists all 120 classes; confusion.png the classes that occur as a true
+    label plus those predicted (here the longest NTU120 names, and one predicted class without samples),
+    or all 120 with all_classes."""
+    names = class_names(120)
+    longest = [names.index(name) for name in ntu120_names_longest_first()[:6]]
+    truth = np.array(longest[:5] * 4)
+    predicted = truth.copy()
+    predicted[::3] = longest[5]  # a class with predictions but no samples
+    scores = torch.full((len(truth), 120), -5.0)
+    scores[torch.arange(len(truth)), torch.from_numpy(predicted)] = 5.0
+    metrics = {"top1": 100.0 * float(np.mean(predicted == truth))}
+    figures, plot_confusion = {}, evaluate.plot_confusion
+
+    def keeping(*args, **kwargs):  # keeps the figure plot_confusion returns
+        figures[kwargs["all_classes"]] = plot_confusion(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "plot_confusion", keeping)
+    for all_classes in (False, True):
+        out = tmp_path / str(all_classes)
+        evaluate.write_evaluation(out, metrics, scores, torch.from_numpy(truth), [f"s{i}" for i in range(len(truth))],
+                                  names, "NTU120 xsub_val", {}, all_classes=all_classes)
+        with open(out / "per_class.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["class"] for r in rows] == names
+        assert [int(r["samples"]) for r in rows] == [int(np.sum(truth == c)) for c in range(120)]
+        assert (out / "confusion.png").is_file()
+    shown = sorted(longest)
+    subset, full = figures[False], figures[True]
+    assert_no_text_clipped(subset, "confusion of the present classes")
+    assert_no_text_clipped(full, "confusion of all classes")
+    ax = subset.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in shown]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{names[c]}  {c}" for c in shown]
+    assert "6 of 120 classes" in ax.get_title() and "grey rows: no samples" in ax.get_title()
+    assert len(full.axes[0].get_yticklabels()) == 120
+    image = ax.get_images()[0].get_array()  # the row-normalised shares; the row without samples masked
+    row = shown.index(longest[5])
+    assert image.mask[row].all() and not image.mask[np.arange(len(shown)) != row].any()
+    np.testing.assert_allclose(image.sum(axis=1)[np.arange(len(shown)) != row], 1.0)

@@ -85,8 +85,70 @@ def read_pickle(path) -> dict:
     return data
 
 
+# The dtype kinds a sample's numbers may have: signed / unsigned integers and floating point. Refused:
+# bool (True / False are not coordinates, confidences or sizes), complex, strings, bytes, objects,
+# structured records, dates and times.
+REAL_KINDS = "iuf"
+
+
+def _show(value) -> str:
+    """A short one-line repr of a value for an error message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dtype_error(path, name, key: str, value) -> UserError:
+    example = "np.float32" if key.startswith("keypoint") else "np.int64"
+    return UserError(f"{path}: sample {name} has {key} of dtype {value.dtype}, expected real numbers (integer or "
+                     f"floating point, not bool, complex, strings or objects); convert it (e.g. numpy "
+                     f".astype({example})) or remove the sample")
+
+
+def _check_real_array(value: np.ndarray, path, name, key: str):
+    """A keypoint / keypoint_score array must hold integers or floating point numbers."""
+    if value.dtype.kind not in REAL_KINDS:
+        raise _dtype_error(path, name, key, value)
+
+
+def _whole_number(value):
+    """The int of a Python / numpy integer, of a whole finite float, or of a 0-d integer or floating-point
+    array; None for anything else (bool, complex, strings, objects, fractions)."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in REAL_KINDS:
+            return None
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _check_image_shape(value, path, name, key: str):
+    """img_shape / original_shape: (height, width), two positive whole numbers (a tuple, a list or a 1-d
+    integer or floating-point array)."""
+    expected = "expected (height, width): two positive whole numbers"
+    if isinstance(value, np.ndarray) and value.dtype.kind not in REAL_KINDS:
+        raise _dtype_error(path, name, key, value)
+    if not (isinstance(value, (tuple, list)) or isinstance(value, np.ndarray) and value.ndim == 1) or len(value) != 2:
+        raise UserError(f"{path}: sample {name} has {key} {_show(value)}, {expected}")
+    sizes = [_whole_number(item) for item in value]
+    if None in sizes:
+        kinds = "/".join(sorted({type(item).__name__ for item in value}))
+        raise UserError(f"{path}: sample {name} has {key} {_show(value)} ({kinds}), {expected}; set it to the "
+                        "frame size in pixels as integers or remove the sample")
+    if not all(0 < size < 2 ** 31 for size in sizes):
+        raise UserError(f"{path}: sample {name} has {key} {_show(value)}, {expected}")
+
+
 def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one annotation; return its (keypoint [M, T, 17, 2], keypoint_score [M, T, 17])."""
+    """Validate one annotation; return its (keypoint [M, T, 17, 2], keypoint_score [M, T, 17]).
+
+    Every number of a sample must be real: keypoint and keypoint_score integer or floating-point arrays,
+    img_shape and original_shape (optional) two positive integers or whole floats, total_frames (optional)
+    a whole number, label a non-negative integer. bool, complex, string and object values are refused."""
     if not isinstance(ann, dict):
         raise UserError(f"{path}: annotation {index} is not a dict")
     name = ann.get("frame_dir", f"annotation {index}")
@@ -100,19 +162,28 @@ def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(score, np.ndarray) or score.shape != kp.shape[:3]:
         shape = getattr(score, "shape", type(score).__name__)
         raise UserError(f"{path}: sample {name} has keypoint_score of shape {shape}, expected {kp.shape[:3]}")
+    _check_real_array(kp, path, name, "keypoint")
+    _check_real_array(score, path, name, "keypoint_score")
     if kp.shape[0] == 0 or kp.shape[1] == 0:
         raise UserError(f"{path}: sample {name} is empty (keypoint shape {kp.shape}); remove it from the pickle")
-    if "total_frames" in ann and ann["total_frames"] != kp.shape[1]:
-        raise UserError(f"{path}: sample {name} has total_frames {ann['total_frames']} "
-                        f"but {kp.shape[1]} frames of keypoints")
+    if "total_frames" in ann:
+        total = _whole_number(ann["total_frames"])
+        if total is None:
+            raise UserError(f"{path}: sample {name} has total_frames {_show(ann['total_frames'])} "
+                            f"({type(ann['total_frames']).__name__}), expected a whole number of frames; "
+                            f"set it to {kp.shape[1]} (the frames of its keypoints) or remove it")
+        if total != kp.shape[1]:
+            raise UserError(f"{path}: sample {name} has total_frames {total} "
+                            f"but {kp.shape[1]} frames of keypoints")
     if not (np.isfinite(kp).all() and np.isfinite(score).all()):
         raise UserError(f"{path}: sample {name} has NaN or infinite keypoints; fix or remove it")
     label = ann["label"]
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
-        raise UserError(f"{path}: sample {name} has label {label!r}, expected a non-negative integer")
-    img_shape = ann["img_shape"]
-    if not isinstance(img_shape, (tuple, list, np.ndarray)) or len(img_shape) != 2 or min(img_shape) <= 0:
-        raise UserError(f"{path}: sample {name} has img_shape {img_shape!r}, expected (height, width) > 0")
+        raise UserError(f"{path}: sample {name} has label {_show(label)} ({type(label).__name__}), "
+                        "expected a non-negative integer; fix the label or remove the sample")
+    _check_image_shape(ann["img_shape"], path, name, "img_shape")
+    if "original_shape" in ann:
+        _check_image_shape(ann["original_shape"], path, name, "original_shape")
     return kp, score
 
 

@@ -16,11 +16,9 @@ from lib import skeleton
 from lib.config import Config, config_to_dict
 from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
-from lib.data.pyskl import load_store
-from lib.engine.checkpoint import load_model_weights
+from lib.engine.build import load_trained
 from lib.engine.runtime import keep_freed_memory, micro_batch_size, pick_device, setup_logging
 from lib.errors import UserError
-from lib.model.action import build_model
 
 log = logging.getLogger(__name__)
 
@@ -91,38 +89,79 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[K, K] counts: row = true class, column = predicted class."""
+    """[K, K] counts over all K classes of the label map: row = true class, column = predicted class."""
     return np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str):
-    """Row-normalised confusion matrix with every class named on the rows and numbered on the columns."""
-    import matplotlib
+def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str, all_classes: bool = False):
+    """Draw the confusion matrix [K, K] (counts, row = true class) row-normalised into the PNG `path`;
+    return the matplotlib Figure (already saved; nothing is registered with pyplot).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Shown classes: by default those present in the split, i.e. every class that occurs as a true label
+    plus every class that is predicted at least once (so each row's shares sum to 1 over the columns
+    shown and no prediction is hidden); a predicted class without samples has a grey row. With
+    `all_classes`, all K classes of the label map. Rows carry the full class name and the real class id,
+    columns the class id. The layout is measured, not guessed: the figure grows until every tick label,
+    axis label, title and colorbar label lies inside it, whatever the length of the names."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    dpi, pad, gap, bar = 120, 12, 12, 16  # pixels: figure border, axes-to-colorbar gap, colorbar width
     k = len(names)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = max(6.0, 0.16 * k + 3.0)
-    fontsize = 7 if k <= 60 else 5
-    fig, ax = plt.subplots(figsize=(size + 2.5, size))
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), [str(i) for i in range(k)], fontsize=fontsize, rotation=90)
-    ax.set_yticks(range(k), [f"{name[:32]}  {i}" for i, name in enumerate(names)], fontsize=fontsize)
+    present = np.flatnonzero((matrix.sum(axis=1) > 0) | (matrix.sum(axis=0) > 0))
+    shown = np.arange(k) if all_classes or not len(present) else present
+    counts = matrix[np.ix_(shown, shown)]
+    samples = counts.sum(axis=1, keepdims=True)
+    rates = np.ma.masked_array(counts / np.maximum(samples, 1), mask=np.broadcast_to(samples == 0, counts.shape))
+    n = len(shown)
+    fontsize = 7 if n <= 60 else 5
+    side = max(5.0, 0.16 * n) * dpi  # the square matrix, in pixels
+
+    fig = Figure(dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax, cax = fig.add_axes((0, 0, 1, 1)), fig.add_axes((0, 0, 1, 1))
+    image = ax.imshow(rates, cmap=colormaps["Blues"].with_extremes(bad="0.88"), vmin=0, vmax=1,
+                      interpolation="nearest")
+    if n <= 40:  # few classes: the counts too
+        for (row, col), count in np.ndenumerate(counts):
+            if count:
+                ax.text(col, row, str(count), ha="center", va="center", fontsize=fontsize,
+                        color="white" if rates[row, col] > 0.5 else "black")
+    ax.set_xticks(range(n), [str(c) for c in shown], fontsize=fontsize, rotation=90)
+    ax.set_yticks(range(n), [f"{names[c]}  {c}" for c in shown], fontsize=fontsize)
+    ax.tick_params(length=2)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.03, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    which = "all classes" if n == k else f"{n} of {k} classes: those with samples or predictions"
+    if (samples == 0).any():
+        which += "; grey rows: no samples"
+    ax.set_title(f"{title}\n{which}")
+    fig.colorbar(image, cax=cax, label="share of the true class")
+
+    def place(width: float, height: float, left: float, bottom: float):
+        fig.set_size_inches(width / dpi, height / dpi)
+        ax.set_position((left / width, bottom / height, side / width, side / height))
+        cax.set_position(((left + side + gap) / width, bottom / height, bar / width, side / height))
+
+    # Measure how far the texts reach beyond the matrix (extents are computed also where they fall outside
+    # the figure, and in pixels they do not depend on the figure size), then size the figure to that.
+    place(side + gap + bar, side, 0, 0)
+    renderer = fig.canvas.get_renderer()
+    inner = ax.get_window_extent(renderer)
+    outer = type(inner).union([ax.get_tightbbox(renderer), cax.get_tightbbox(renderer), inner])
+    left, bottom = inner.x0 - outer.x0 + pad, inner.y0 - outer.y0 + pad
+    right, top = outer.x1 - inner.x1 + pad, outer.y1 - inner.y1 + pad
+    place(np.ceil(left + side + right), np.ceil(bottom + side + top), left, bottom)
+    fig.savefig(path, dpi=dpi)
+    return fig
 
 
 def write_evaluation(out_dir: Path, metrics: dict, scores: torch.Tensor, labels: torch.Tensor, frame_dirs,
-                     names: list[str], title: str, details: dict):
-    """metrics.json (metrics plus `details`), per_class.csv, confusion.png and predictions.npz (frame_dir,
-    label, logits: the scores, probabilities: their softmax) in `out_dir`."""
+                     names: list[str], title: str, details: dict, all_classes: bool = False):
+    """metrics.json (metrics plus `details`), per_class.csv (every class of the label map), confusion.png
+    (the classes present in the split, or all with `all_classes`; see plot_confusion) and predictions.npz
+    (frame_dir, label, logits: the scores, probabilities: their softmax) in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(dict(metrics, **details), indent=2))
     predicted, truth = scores.argmax(dim=1).numpy(), labels.numpy()
@@ -133,7 +172,8 @@ def write_evaluation(out_dir: Path, metrics: dict, scores: torch.Tensor, labels:
         for c, name in enumerate(names):
             samples, correct = int(matrix[c].sum()), int(matrix[c, c])
             writer.writerow([c, name, samples, correct, f"{100.0 * correct / samples:.2f}" if samples else ""])
-    plot_confusion(matrix, names, out_dir / "confusion.png", f"{title}: top-1 {metrics['top1']:.2f}%")
+    plot_confusion(matrix, names, out_dir / "confusion.png", f"{title}: top-1 {metrics['top1']:.2f}%",
+                   all_classes=all_classes)
     np.savez(out_dir / "predictions.npz", frame_dir=np.asarray(frame_dirs), label=truth, logits=scores.numpy(),
              probabilities=scores.softmax(dim=1).numpy())
 
@@ -144,7 +184,8 @@ def log_metrics(what: str, metrics: dict, out_dir: Path):
     log.info(f"wrote metrics.json, per_class.csv, confusion.png, predictions.npz to {out_dir}")
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None) -> dict:
+def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None,
+                        confusion_all_classes: bool = False) -> dict:
     """Evaluate a checkpoint on the validation split of the config; write the artefacts to `out_dir`
     (default: '<checkpoint stem>_eval' beside the checkpoint) and, with `save_scores`, a copy of
     predictions.npz there (for --ensemble). Returns the metrics."""
@@ -153,13 +194,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None)
     setup_logging()
     keep_freed_memory()
     device = pick_device(cfg.train.device)
-    names = class_names(cfg.data.action_classes, cfg.data.label_map)
-    dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False, seed=cfg.train.seed)
-    model = build_model(cfg, micro_batch_size(cfg, device))
-    note = load_model_weights(model, checkpoint)
-    if note:
-        log.info(note)
-    model.to(device)
+    trained = load_trained(cfg, checkpoint, device, micro_batch_size(cfg, device))
+    model, dataset, names = trained.model, trained.val_set, trained.class_names
     loader = eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers, device)
     scores, labels = predict(model, loader, device, flip=cfg.data.flip_test)
     metrics = classification_metrics(scores, labels)
@@ -168,7 +204,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None)
                             "stream": cfg.data.stream},
                "config": config_to_dict(cfg)}
     write_evaluation(out_dir, metrics, scores, labels, dataset.frame_dirs, names,
-                     f"{cfg.data.dataset} {dataset.split}", details)
+                     f"{cfg.data.dataset} {dataset.split}", details, all_classes=confusion_all_classes)
     if save_scores and Path(save_scores).resolve() != (out_dir / "predictions.npz").resolve():
         Path(save_scores).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_dir / "predictions.npz", save_scores)
