@@ -1,15 +1,17 @@
 """Data pipeline benchmark: generation, load time and peak memory (first and second start),
 __getitem__ time, and DataLoader throughput. Prints a table and writes JSON.
 
-    python benchmarks/bench_data.py [--preset ntu120] [--pickle PATH] [--quick] [--out benchmarks/results/data.json]
+    python benchmarks/bench_data.py [--preset ntu120] [--pickle PATH] [--quick] [--out benchmarks/results/data_ntu120.json]
 
 The first start parses the pickle and writes the keypoint cache; the second start memory-maps it.
-Each start runs in a fresh process, so its peak RSS is its own.
+Each start runs in a fresh process, so its peak RSS is its own. A full run writes
+benchmarks/results/data_<preset>.json unless --out says otherwise, after waiting for an idle machine
+(holding /tmp/BENCH_RUNNING while it runs, benchmarks/common.py); --quick (demo-size data) writes JSON
+only to --out.
 """
 import argparse
+import contextlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -78,17 +80,29 @@ def main():
     p.add_argument("--pickle", type=Path, default=None, help="use this pickle instead of generating one")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/bench_data"))
     p.add_argument("--quick", action="store_true", help="demo-size data and fewer reads")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/data.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON file (default benchmarks/results/data_<preset>.json; --quick writes only where --out says)")
     args = p.parse_args()
-    from benchmarks.common import write_result
+    from benchmarks.common import idle_machine, out_path, write_result
+
+    preset = "demo" if args.quick else args.preset
+    out = out_path(args.out, args.quick, f"data_{preset}.json")
+    result = {"command": " ".join(["python", "benchmarks/bench_data.py"] + sys.argv[1:]), "run": {}}
+    with contextlib.ExitStack() as stack:
+        if not args.quick:
+            stack.enter_context(idle_machine(result["run"]))
+        measure(args, preset, result)
+    write_result(result, out)
+
+
+def measure(args, preset: str, result: dict):
+    from benchmarks.common import machine_info
     from lib.config import DataConfig
     from lib.data import synthetic
     from lib.data.dataset import ActionDataset
     from lib.data.pyskl import load_store
 
-    preset = "demo" if args.quick else args.preset
-    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-              "preset": preset}
+    result.update({"machine": machine_info(), "preset": preset})
     pickle = args.pickle
     if pickle is None:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +147,6 @@ def main():
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    write_result(result, args.out)
 
 
 if __name__ == "__main__":

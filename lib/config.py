@@ -4,7 +4,7 @@ Precedence, lowest first: the defaults below, the task YAML (`--config`), the hy
 (`--hyper_cfg`), the named command-line flags (`--version`, `--seed`, ...), then `--set KEY=VALUE`.
 
 The task YAML may be flat, as the published configs are (`epochs: 300`), or nested by section
-(`train: {epochs: 300}`); a flat key is looked up in the `data`, `model` and `train` sections, whose
+(`train: {epochs: 300}`); a flat key is looked up in the `data`, `model`, `train` and `pretrain` sections, whose
 field names are unique. Hyper-config keys always live in the `hyper` section (`--set hyper.joint_label=...`).
 `save_config` writes the nested form, which `load_yaml_config` reads back unchanged.
 """
@@ -61,6 +61,8 @@ class DataConfig:
     # One class name per line; null picks the NTU60/NTU120 list by action_classes.
     label_map: Optional[str] = None
     num_workers: int = field(default=2, metadata=_range(0))
+    # Train on this share of the training split, the same share of every class (seeded by train.seed).
+    label_fraction: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
 
     @property
     def pickle_path(self) -> Path:
@@ -102,6 +104,7 @@ class TrainConfig:
     finetune: bool = False
     backbone_ckpt: Optional[str] = None
     partial_train: Optional[list[str]] = None  # name patterns of backbone parameters left trainable
+    linear_probe: bool = False  # train the head only, on a frozen backbone (kept in eval mode)
     log: str = "run_action"
     seed: int = field(default=0, metadata=_range(0))
     device: str = "auto"  # auto, cpu, cuda or cuda:N
@@ -109,9 +112,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for training
     # Clips per backbone pass in training and evaluation (the head and its BatchNorm see the whole batch).
     # Fewer than batch_size: training recomputes each chunk's activations in the backward pass (activation
-    # checkpointing): less memory for one more backbone forward. null: automatic, the whole batch on CUDA;
-    # on the CPU the most clips whose largest activation stays under 32 MiB (2 at the published size), above
-    # which every allocation gets fresh pages from the kernel and page faults dominate the step.
+    # checkpointing): less memory for one more backbone forward. null: automatic (engine.runtime.micro_batch_size),
+    # the whole batch on CUDA; on the CPU the fastest choice measured by batch size (benchmarks/README.md):
+    # the whole batch while its model-width activations stay under glibc's mmap ceiling, else the most clips
+    # whose widest activation stays under it, above which allocations get fresh pages from the kernel and
+    # page faults dominate the step.
     micro_batch: Optional[int] = field(default=None, metadata=_range(1))
 
 
@@ -125,15 +130,27 @@ class HyperConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Masked motion prediction (pretrain_action.py; lib/model/masked_motion.py)."""
+    mask_ratio: float = field(default=0.9, metadata=_range(0, 1, lo_open=True, hi_open=True))  # share of tokens hidden
+    segment: int = field(default=3, metadata=_range(1))  # frames per token; must divide data.clip_len
+    tau: float = field(default=0.8, metadata=_range(0, lo_open=True))  # motion-aware masking temperature
+    decoder_dim: int = field(default=128, metadata=_range(1))
+    decoder_depth: int = field(default=2, metadata=_range(1))
+    decoder_heads: int = field(default=8, metadata=_range(1))
+
+
+@dataclass
 class Config:
     name: str = "config"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hyper: HyperConfig = field(default_factory=HyperConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
-FLAT_SECTIONS = ("data", "model", "train")
+FLAT_SECTIONS = ("data", "model", "train", "pretrain")
 SECTIONS = FLAT_SECTIONS + ("hyper",)
 
 
@@ -324,6 +341,8 @@ def validate(cfg: Config) -> Config:
     if m.version == 2 and not (m.j2e_main or m.j2e_bias):
         raise UserError("model.j2e_main and model.j2e_bias cannot both be false with version 2 "
                         "(the joint-to-hyperedge attention would have no scores); use --version 1 instead")
+    if cfg.train.linear_probe and cfg.train.partial_train:
+        raise UserError("train.linear_probe freezes the whole backbone; it cannot be combined with partial_train")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{cfg.train.device}'")
     validate_joint_label(h.joint_label)

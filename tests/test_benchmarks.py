@@ -1,11 +1,17 @@
-"""The three benchmarks in --quick mode, each once, as a user would run them: they finish, print their
-table and write JSON whose figures are complete and plausible. (Speed itself is measured, not asserted.)"""
+"""The three benchmarks in --quick mode, as a user would run them: they finish, print their table and write
+JSON (to an explicit --out) whose figures are complete and plausible; a --quick run without --out leaves the
+recorded results in benchmarks/results/ alone. (Speed itself is measured, not asserted.)"""
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def run_benchmark(script: str, *args) -> subprocess.CompletedProcess:
@@ -38,10 +44,12 @@ def test_bench_train_quick_reports_steps_flops_peak_and_memory(tmp_path):
     whole, micro = runs["published size, T=32, whole batch"], runs["published size, T=32, micro-batches of 1"]
     assert whole["micro_batch"] == whole["batch"] == 4 and micro["micro_batch"] == 1
     assert whole["step_gflop"] == micro["step_gflop"] > 0  # the recomputation is not useful work
+    assert list(runs) == ["published size, T=32, whole batch", "published size, T=32, micro-batches of 1", "demo"]
+    assert whole["frames"] == micro["frames"] == 32
     for run in report["runs"]:
-        assert run["step_seconds"] > 0 and run["peak_memory_bytes"] > 0
-        assert run["share_of_peak"] == run["achieved_gflops"] / report["matmul_peak_gflops"]
-        assert run["samples_per_second"] == run["batch"] / run["step_seconds"]
+        for key in ("step_seconds", "samples_per_second", "achieved_gflops", "share_of_peak", "peak_memory_bytes"):
+            assert math.isfinite(run[key]) and run[key] > 0, (run["setup"], key, run[key])
+        assert f"{run['setup']}: " in result.stdout  # each setup has its line in the printed table
     assert "% of the matmul peak" in result.stdout
 
 
@@ -57,3 +65,38 @@ def test_bench_infer_quick_times_eager_and_both_onnx_models(tmp_path):
     for figures in report["eager_alone"].values():
         assert set(figures) == {"1", "2"} and all(run["ms"] > 0 and run["page_faults"] >= 0 for run in figures.values())
     assert "ONNX Runtime int8" in result.stdout
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under folder: its bytes and modification time."""
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def restore(folder: Path, before: dict):
+    """Put folder back as snapshot() found it: the recorded results are not the test's to change."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path not in before and path.is_file():
+            path.unlink()
+        elif path not in before and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    for path, (content, mtime_ns) in before.items():
+        if not path.is_file() or path.read_bytes() != content or path.stat().st_mtime_ns != mtime_ns:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+@pytest.mark.parametrize("script, args", [("bench_data.py", ["--workdir", "{tmp}"]), ("bench_train.py", []),
+                                          ("bench_infer.py", ["--threads", "1"])])
+def test_quick_run_without_out_leaves_the_recorded_results_alone(script, args, tmp_path):
+    """A smoke run (--quick) writes its JSON only where --out says; without --out it writes nothing, so the
+    results in benchmarks/results/ stay those of the full runs."""
+    before = snapshot(RESULTS)
+    try:
+        run_benchmark(script, *[a.format(tmp=tmp_path) for a in args])
+        after = snapshot(RESULTS)
+    finally:
+        restore(RESULTS, before)
+    changed = sorted(str(p.relative_to(ROOT)) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert not changed, f"{script} --quick without --out changed {changed}"

@@ -225,7 +225,7 @@ def test_resolved_config_round_trips_through_yaml(config, tmp_path):
     out = tmp_path / "resolved.yaml"
     save_config(cfg, out)
     written = yaml.safe_load(out.read_text())
-    assert set(written) == {"name", "data", "model", "train", "hyper"}
+    assert set(written) == {"name", "data", "model", "train", "hyper", "pretrain"}
     again = load_yaml_config(out)
     assert again == cfg
     save_config(again, tmp_path / "again.yaml")

@@ -20,6 +20,8 @@ class ActionDataset:
         self.indices = store.split_indices(self.split)  # positions in the store
         if len(self.indices) == 0:
             raise UserError(f"split '{self.split}' of {store.source} is empty")
+        if train and cfg.label_fraction < 1:
+            self.indices = self.indices[stratified_share(store.label[self.indices], cfg.label_fraction, seed)]
         labels = store.label[self.indices]
         if labels.max() >= cfg.action_classes:
             bad = self.indices[np.argmax(labels)]
@@ -42,18 +44,20 @@ class ActionDataset:
         return self.store.frame_dir[self.indices]
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        """The clip of sample i (see `clip`) and its 0-based label."""
+        return self.clip(i), int(self.store.label[self.indices[i]])
+
+    def clip(self, i: int) -> np.ndarray:
         """float32 [2, clip_len, 17, 3] (x, y, confidence per H36M joint; or bones / motion, see
-        data.stream) and the 0-based label. Validation with num_clips K > 1: [K, 2, clip_len, 17, 3],
-        the first clip evenly spaced, the others resampled at random with seeds fixed per clip."""
+        data.stream). Validation with num_clips K > 1: [K, 2, clip_len, 17, 3], the first clip evenly
+        spaced, the others resampled at random with seeds fixed per clip."""
         index = int(self.indices[i])
         if self.train:
-            clip = self._clip(index, np.random.default_rng((self.seed, self.epoch, index)))
-        elif self.cfg.num_clips == 1:
-            clip = self._clip(index, None)
-        else:
-            clip = np.stack([self._clip(index, np.random.default_rng((self.seed, k, index, 1)) if k else None)
-                             for k in range(self.cfg.num_clips)])
-        return clip, int(self.store.label[index])
+            return self._clip(index, np.random.default_rng((self.seed, self.epoch, index)))
+        if self.cfg.num_clips == 1:
+            return self._clip(index, None)
+        return np.stack([self._clip(index, np.random.default_rng((self.seed, k, index, 1)) if k else None)
+                         for k in range(self.cfg.num_clips)])
 
     def _clip(self, index: int, rng) -> np.ndarray:
         keypoint, score = self.store.raw_sample(index)
@@ -62,6 +66,15 @@ class ActionDataset:
             random_move_on=self.train and self.cfg.random_move,
             scale_range=self.cfg.scale_range_train if self.train else self.cfg.scale_range_test,
             legacy_conf_order=self.cfg.legacy_conf_order, stream=self.cfg.stream)
+
+
+def stratified_share(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of a random `fraction` of each class's samples (at least one per class), drawn
+    with a generator seeded by `seed`: the same subset for the same labels, fraction and seed."""
+    rng = np.random.default_rng((seed, 7))
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:max(1, round(fraction * np.sum(labels == c)))]
+              for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
 
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[ActionDataset, ActionDataset]:

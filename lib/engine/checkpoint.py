@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 def model_weights(checkpoint) -> dict:
     """The state dict inside a loaded checkpoint: ours and the published ones keep it under 'model'
-    (pose checkpoints under 'model_pos'); a bare state dict is returned as is."""
+    (pose checkpoints under 'model_pos', our backbone.bin under 'backbone'); a bare state dict is
+    returned as is."""
     if isinstance(checkpoint, dict):
-        for key in ("model", "model_pos"):
+        for key in ("model", "model_pos", "backbone"):
             if isinstance(checkpoint.get(key), dict):
                 return checkpoint[key]
         if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -37,10 +38,12 @@ def load_checkpoint(path):
         raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {reason}") from None
 
 
-def read_state_dict(path) -> tuple[dict, str]:
+def read_state_dict(path, checkpoint=None) -> tuple[dict, str]:
     """Our model's state dict from a checkpoint file of ours, a converted one, or a published one
-    (converted here). Returns (state dict, note): the note says when the file was a published one."""
-    state_dict = strip_module_prefix(model_weights(load_checkpoint(path)))
+    (converted here); `checkpoint`: the file's content when already loaded. Returns (state dict, note):
+    the note says when the file was a published one."""
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    state_dict = strip_module_prefix(model_weights(checkpoint))
     if not is_reference_state_dict(state_dict):
         return state_dict, ""
     converted, report = convert_state_dict(state_dict)
@@ -48,6 +51,27 @@ def read_state_dict(path) -> tuple[dict, str]:
             f"{len(report['dropped'])} derived or unused dropped). "
             "It needs model.j2e_layout: reference; python -m lib.engine.convert_reference converts it once")
     return converted, note
+
+
+# Backbone settings that shape the weights, and the config keys that set them.
+BACKBONE_SETTING_KEYS = {"dim": "dim_rep", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
+                         "max_frames": "maxlen", "with_hypergraph": "version",
+                         "joint_label": "hyper.joint_label", "j2j_adjacency": "j2j_adjacency",
+                         "j2e_layout": "j2e_layout", "j2e_main": "j2e_main", "j2e_bias": "j2e_bias"}
+
+
+def check_backbone_settings(saved: dict, backbone_cfg, path):
+    """A backbone.bin fits only a backbone built with the same settings: the first that differs is a
+    one-line error naming its config key."""
+    for name, key in BACKBONE_SETTING_KEYS.items():
+        theirs, ours = saved.get(name), getattr(backbone_cfg, name)
+        if isinstance(ours, tuple):
+            theirs = tuple(theirs) if theirs is not None else None
+        if theirs != ours:
+            if name == "with_hypergraph":
+                theirs, ours = (2 if theirs else 1), (2 if ours else 1)
+            raise UserError(f"{path} was pretrained with {key} = {theirs}, but this model has {key} = {ours}: "
+                            f"finetune with the backbone settings it was pretrained with (--set {key}=...)")
 
 
 def save_checkpoint(state: dict, path: Path):
@@ -117,8 +141,12 @@ def load_model_weights(model: nn.Module, path) -> str:
 
 def load_backbone_weights(model: nn.Module, path) -> MatchReport:
     """Finetuning: load what fits into model.backbone from a backbone-only state dict, a whole action
-    checkpoint of ours, or a (converted) published one. Stops when nothing matches."""
-    state_dict, note = read_state_dict(path)
+    checkpoint of ours, a backbone.bin of pretrain_action.py (whose settings must match the model's), or
+    a (converted) published one. Stops when nothing matches."""
+    checkpoint = load_checkpoint(path)
+    if isinstance(checkpoint, dict) and "backbone_config" in checkpoint:
+        check_backbone_settings(checkpoint["backbone_config"], model.backbone.cfg, path)
+    state_dict, note = read_state_dict(path, checkpoint)
     if note:
         log.info(note)
     if any(k.startswith("backbone.") for k in state_dict):

@@ -9,7 +9,8 @@ A task is any object with these members; the loop needs nothing else:
   parameter_groups(model)         the optimizer's parameter groups, each with a 'name' and an 'lr'
   training_step(forward, batch, device) -> (loss, sums)   sums: numbers that add up over batches
   summarize(sums) -> metrics      the training metrics of summed statistics
-  validate(model, val_set, ctx, amp, max_batches) -> metrics
+  validate(model, val_set, ctx, amp, max_batches) -> metrics   (not called when datasets() gives no val)
+  save_artifacts(model, out)      after each epoch's checkpoints, on rank 0: files of the task's own
 """
 import logging
 
@@ -54,13 +55,16 @@ class ClassificationTask:
         if cfg.partial_train:
             trainable = freeze_backbone_except(model, cfg.partial_train)
             log.info(f"partial_train: {len(trainable)} backbone tensors trainable, the rest frozen")
+        if cfg.linear_probe:
+            model.freeze_backbone()
+            log.info("linear_probe: the backbone is frozen (eval mode); only the head trains")
         micro_batch = micro_batch_size(self.cfg, device)
         if 0 < micro_batch < cfg.batch_size:
             log.info(f"backbone on {micro_batch} clips at a time (train.micro_batch)")
         return model.set_micro_batch(micro_batch)
 
     def parameter_groups(self, model) -> list[dict]:
-        """The backbone at lr_backbone and the head at lr_head."""
+        """The backbone at lr_backbone (an empty group when it is frozen) and the head at lr_head."""
         return [
             {"name": "backbone", "params": [p for p in model.backbone.parameters() if p.requires_grad],
              "lr": self.cfg.train.lr_backbone},
@@ -96,3 +100,7 @@ class ClassificationTask:
         metrics = classification_metrics(torch.cat([s for _, s, _ in parts])[order],
                                           torch.cat([l for _, _, l in parts])[order])
         return {k: metrics[k] for k in ("loss", "top1", "top5", "mean_class_accuracy")}
+
+    @staticmethod
+    def save_artifacts(model, out):
+        """Classification writes nothing beyond the loop's checkpoints."""

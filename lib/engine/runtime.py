@@ -33,11 +33,9 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep the memory that tensors free for the next ones instead of handing it back
     to the kernel. By default it returns the free top of its heap once that exceeds twice its adaptive
     mmap threshold (at most 64 MiB); a forward pass frees more than that, so the next pass takes page
-    faults on much of it again: 560,000 to 670,000 for a batch of 8 in CPU inference at the published size
-    (5.0 to 6.1 s a batch, 4.3 to 4.8 s without them), 120,000 to 180,000 for one clip. This fixes the mmap
-    threshold at 32 MiB (where the adaptive one ends up) and trims only above 2 GiB; the peak RSS stays
-    about the same (465 against 464 to 512 MiB there). Returns whether it applied (glibc only; other C
-    libraries keep their own policy)."""
+    faults on much of it again. This fixes the mmap threshold at 32 MiB (where the adaptive one ends up)
+    and trims only above 2 GiB. The effect on time and page faults is measured by benchmarks/bench_infer.py
+    (benchmarks/README.md). Returns whether it applied (glibc only; other C libraries keep their own policy)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
@@ -46,15 +44,23 @@ def keep_freed_memory() -> bool:
 
 def micro_batch_size(cfg: Config, device: torch.device) -> int:
     """Clips per backbone pass (0: the whole batch): `train.micro_batch`, or automatically the whole batch
-    on CUDA and, on the CPU, the most clips whose widest activation (two persons x T x 17 joints x the
-    widest of the qkv and MLP projections, fp32) stays under glibc's 32 MiB mmap ceiling."""
+    on CUDA and, on the CPU, the choice measured fastest by batch size in the micro-batch tables of
+    benchmarks/README.md (benchmarks/bench_train.py and benchmarks/bench_infer.py at the published size):
+    the whole batch (`train.batch_size` clips) while an activation of the model's width for the whole
+    batch (persons x T x joints x C, fp32) stays under glibc's mmap ceiling (GLIBC_MMAP_CEILING), where
+    micro-batches save fewer page faults than their recomputation in training costs; above it nearly every
+    activation gets fresh pages from the kernel at each operation and the page faults dominate, so the
+    backbone runs on micro-batches of the most clips whose widest activation (the qkv or MLP projection)
+    stays under the ceiling."""
     if cfg.train.micro_batch is not None:
         return cfg.train.micro_batch
     if device.type != "cpu":
         return 0
+    clip_tokens = 2 * cfg.data.clip_len * cfg.model.num_joints
+    if cfg.train.batch_size * clip_tokens * cfg.model.dim_rep * 4 < GLIBC_MMAP_CEILING:
+        return cfg.train.batch_size
     widest = max(3 * cfg.model.dim_rep, int(cfg.model.dim_rep * cfg.model.mlp_ratio))
-    clip_bytes = 2 * cfg.data.clip_len * cfg.model.num_joints * widest * 4
-    return max(1, GLIBC_MMAP_CEILING // clip_bytes)
+    return max(1, GLIBC_MMAP_CEILING // (clip_tokens * widest * 4))
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -233,7 +233,8 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
         forward = torch.compile(forward)
     amp = cfg.train.amp and ctx.device.type == "cuda"
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set)} validation clips, {params:,} trainable "
+    log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set) if val_set is not None else 0} validation clips, "
+             f"{params:,} trainable "
              f"parameters, device {ctx.device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}"
              f"{', bf16 autocast' if amp else ''}, output {out}")
     logger = RunLogger(out, resume=bool(resume), enabled=ctx.is_main, best_metric=task.best_metric)
@@ -251,16 +252,17 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
                 break
 
             ctx.broadcast_buffers(model)  # every process validates with rank 0's BatchNorm statistics
-            val = task.validate(model, val_set, ctx, amp, max_batches=1 if cfg.train.quickdebug else None)
+            val = ({} if val_set is None else  # a task without a validation split picks the best by training
+                   task.validate(model, val_set, ctx, amp, max_batches=1 if cfg.train.quickdebug else None))
             lrs = {group.get("name", str(i)): lr for i, (group, lr) in
                    enumerate(zip(optimizer.param_groups, scheduler.get_last_lr()))}
             scheduler.step()
             epoch = progress.epoch + 1
-            score = val[task.best_metric]
+            train_metrics = task.summarize(ctx.sum_dict(progress.sums))
+            score = (val or train_metrics)[task.best_metric]
             is_best = progress.best_epoch == 0 or task.better(score, progress.best_score)
             if is_best:
                 progress.best_score, progress.best_epoch = score, epoch
-            train_metrics = task.summarize(ctx.sum_dict(progress.sums))
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
                       **{f"val_{k}": v for k, v in val.items()}, **{f"lr_{k}": v for k, v in lrs.items()},
                       f"best_{task.best_metric}": progress.best_score, "best_epoch": progress.best_epoch,
@@ -270,6 +272,7 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
             logger.epoch(record, train_metrics, val, lrs)
             if ctx.is_main:
                 save_epoch_checkpoints(state, out, epoch, is_best, cfg.train.ckpt_save_frequency)
+                task.save_artifacts(model, out)
             if ctx.any(stop.signum is not None):
                 log.info(f"stopped by signal {stop.signum} after epoch {epoch}; continue with -r {out / 'latest_epoch.bin'}")
                 status = 128 + (stop.signum or signal.SIGTERM)

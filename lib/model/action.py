@@ -31,6 +31,20 @@ class ActionNet(nn.Module):
         self.backbone = backbone
         self.head = head
         self.micro_batch = 0
+        self.backbone_frozen = False
+
+    def freeze_backbone(self):
+        """Train the head only: the backbone's parameters get no gradient and the backbone stays in eval
+        mode (no dropout or stochastic depth) whatever `train()` is called with (linear probing)."""
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def set_micro_batch(self, clips: int):
         """Run the backbone on `clips` clips at a time (0: the whole batch at once). With gradients each

@@ -17,8 +17,8 @@ def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
     [B', h, Lq, Lk] or None. Returns (output [B', Lq, C], probabilities [B', h, Lq, Lk] or None).
 
     Fused `scaled_dot_product_attention` normally; an explicit softmax when the probabilities are asked
-    for, and in CPU inference over the 17 joints, where the fused CPU kernel, made for long sequences, is
-    the slower one (benchmarks/README.md); with gradients the fused kernel is the faster one."""
+    for, and in CPU inference over at most EXPLICIT_MAX_KEYS keys (the 17 joints), for which the fused
+    CPU kernel, made for long sequences, is not used (no script in benchmarks/ compares the two)."""
     q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B', h, L, d]
     short_cpu_inference = q.device.type == "cpu" and not torch.is_grad_enabled() and k.shape[-2] <= EXPLICIT_MAX_KEYS
     if return_probs or short_cpu_inference:

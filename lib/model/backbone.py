@@ -76,8 +76,9 @@ class HypergraphBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x))), probs
 
 
-class TemporalBlock(nn.Module):
-    """Pre-norm self-attention and MLP over the frames of each joint, x [B*V, T, C]."""
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm self-attention and MLP over the tokens of each group, x [B', L, C]: the temporal block
+    (over the frames of each joint, [B*V, T, C])."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float):
         super().__init__()
@@ -87,7 +88,7 @@ class TemporalBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, return_probs: bool = False):  # x [B*V, T, C]
+    def forward(self, x, return_probs: bool = False):  # x [B', L, C]
         out, probs = self.attn(self.norm1(x), return_probs=return_probs)
         x = x + self.drop_path(out)
         return x + self.drop_path(self.mlp(self.norm2(x))), probs
@@ -125,18 +126,26 @@ class SkeletonBackbone(nn.Module):
                          HypergraphBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.joint_label, cfg.j2e_layout,
                                          cfg.j2e_main, cfg.j2e_bias, p, d) if cfg.with_hypergraph else None)
             for p, d in zip(drop_path, drop))
-        self.temporal_blocks = nn.ModuleList(TemporalBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, p) for p in drop_path)
+        self.temporal_blocks = nn.ModuleList(SelfAttentionBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, p) for p in drop_path)
         self.spatial_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.temporal_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+
+    def embed(self, x):
+        """x [B, T, V, Cin] -> tokens [B, T, V, C]: each joint embedded, plus its spatial position."""
+        return self.joint_embed(x) + self.spatial_pos
 
     def forward(self, x, return_attention: bool = False):
         """x [B, T, V, Cin] -> features [B, T, V, C]; with return_attention also a list, one dict per
         depth, of attention probabilities: 'joint' [B*T, h, V, V], 'hyperedge' [B*T, h, V, V] (version 2),
         'temporal' [B*V, h, T, T]."""
-        batch, frames, joints, _ = x.shape
+        return self.encode(self.embed(x), return_attention)
+
+    def encode(self, tokens, return_attention: bool = False):
+        """Embedded tokens [B, T, V, C] -> features [B, T, V, C] (and the maps, as `forward`)."""
+        batch, frames, joints, _ = tokens.shape
         if frames > self.cfg.max_frames:
             raise ValueError(f"clip of {frames} frames is longer than the model's {self.cfg.max_frames}")
-        x = (self.joint_embed(x) + self.spatial_pos).flatten(0, 1)  # [B*T, V, C]
+        x = tokens.flatten(0, 1)  # [B*T, V, C]
         maps = []
         for depth, (spatial, temporal) in enumerate(zip(self.spatial_blocks, self.temporal_blocks)):
             x, j2j, j2e = spatial(x, return_attention)

@@ -179,7 +179,7 @@ def describe(opts: VisOptions, heads: int, frames: int, over_frames: bool) -> st
 # ---------------------------------------------------------------------------------------------------------
 # Drawing: every panel draws into an (axes, colorbar axes) pair placed with fixed pixel margins inside a
 # cell, so the single PNGs (one cell) and the sheet (a grid of cells) share the same code. Fixed
-# margins instead of a layout engine: sizes are exact and rendering is several times faster.
+# margins instead of a layout engine: sizes are exact, and no layout pass runs per figure.
 # Figures are made with the Agg canvas directly, not through pyplot: nothing is registered globally,
 # so a figure is freed as soon as it is saved and dropped (no plt.close to forget, no backend switch).
 

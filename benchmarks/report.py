@@ -1,0 +1,171 @@
+"""Markdown tables of the recorded benchmark results (benchmarks/results/*.json), as in benchmarks/README.md.
+Measures nothing: it only formats what the benchmark scripts wrote.
+
+    python benchmarks/report.py [--results benchmarks/results]
+"""
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GIB, MIB = 2 ** 30, 2 ** 20
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def load(value: list[float] | None) -> str:
+    return "-" if value is None else f"{value[0]:.2f}"
+
+
+def machine(report: dict) -> str:
+    m = report.get("machine", {})
+    flags = ", ".join(m["cpu_flags"]) if "cpu_flags" in m else "not recorded"
+    versions = ", ".join(f"{k} {m[k]}" for k in ("python", "numpy", "torch", "onnxruntime") if k in m)
+    threads = f", {m['threads']} threads" if "threads" in m else ""
+    run = report.get("run", {})
+    loads = (f"; load average (1, 5, 15 min) {run['load_average_start']} at the start, {run['load_average_end']} at "
+             f"the end" if "load_average_start" in run else "")
+    return (f"{m.get('cpu_model', 'CPU model not recorded')}, {m.get('cpus', '?')} CPUs{threads}, flags: {flags}; "
+            f"{versions}; {m.get('platform', '')}{loads}")
+
+
+def micro_label(run: dict) -> str:
+    return "whole batch" if run["micro_batch"] >= run["batch"] else f"micro-batches of {run['micro_batch']}"
+
+
+def best_marks(runs: list[dict], seconds_key: str) -> dict[int, dict]:
+    """The fastest setup of each batch."""
+    best = {}
+    for run in runs:
+        if run["batch"] not in best or run[seconds_key] < best[run["batch"]][seconds_key]:
+            best[run["batch"]] = run
+    return best
+
+
+def train_tables(report: dict) -> str:
+    runs = [r for r in report["runs"] if r["setup"].startswith("published size")]
+    whole = {r["batch"]: r for r in runs if r["micro_batch"] >= r["batch"]}
+    best = best_marks(runs, "step_seconds")
+    rows = []
+    for r in runs:
+        mark = "**" if best[r["batch"]] is r else ""
+        ratio = whole[r["batch"]]["step_seconds"] / r["step_seconds"] if r["batch"] in whole else None
+        each = " / ".join(f"{t:.1f}" for t in r.get("step_seconds_each", []))
+        rows.append([str(r["batch"]), f"{mark}{micro_label(r)}{mark}", f"{mark}{r['step_seconds']:.2f} s{mark}",
+                     each or "-", f"{r['samples_per_second']:.3f}", "-" if ratio is None else f"{ratio:.2f} x",
+                     f"{100 * r['share_of_peak']:.0f}%", f"{r['peak_memory_bytes'] / GIB:.2f} GiB",
+                     f"{r.get('page_faults_per_step', float('nan')):,.0f}",
+                     f"{load(r.get('load_average_start'))} / {load(r.get('load_average_end'))}",
+                     f"{r.get('other_cpu_seconds', float('nan')):.1f}"])
+    header = ["batch", "backbone passes", "time a step", "timed steps (s)", "samples/s", "speed vs whole batch",
+              "share of matmul peak",
+              "peak RSS", "page faults a step", "load at start / end", "CPU s of other processes"]
+    others = [r for r in report["runs"] if not r["setup"].startswith("published size")]
+    other_rows = [[r["setup"], str(r["batch"]), f"T={r['frames']}, C={r['dim']}, depth {r['depth']}",
+                   f"{r['step_seconds']:.2f} s", f"{r['samples_per_second']:.1f}", f"{r['step_gflop']:.1f}",
+                   f"{100 * r['share_of_peak']:.0f}%", f"{r['peak_memory_bytes'] / GIB:.2f} GiB"] for r in others]
+    text = (f"matmul peak (fp32, 2048 x 2048, best of 5): {report['matmul_peak_gflops']:.1f} GFLOP/s; median of "
+            f"{report['measured_steps']} timed steps after {report.get('warmup_steps', 1)} warm-up step\n\n"
+            + table(header, rows))
+    if other_rows:
+        text += "\n\n" + table(["setup", "batch", "size", "time a step", "samples/s", "GFLOP a step",
+                                "share of matmul peak", "peak RSS"], other_rows)
+    return text
+
+
+def infer_micro_table(report: dict) -> str:
+    runs = report.get("micro_batch", [])
+    if not runs:
+        return "(no micro-batch table in this file)"
+    whole = {r["batch"]: r for r in runs if r["micro_batch"] >= r["batch"]}
+    best = best_marks(runs, "ms")
+    rows = []
+    for r in runs:
+        mark = "**" if best[r["batch"]] is r else ""
+        rows.append([str(r["batch"]), f"{mark}{micro_label(r)}{mark}", f"{mark}{r['ms']:,.0f} ms{mark}",
+                     f"{r['samples_per_second']:.2f}", f"{whole[r['batch']]['ms'] / r['ms']:.2f} x",
+                     f"{r['peak_rss_bytes'] / GIB:.2f} GiB", f"{r['page_faults']:,.0f}",
+                     f"{load(r['load_average_start'])} / {load(r['load_average_end'])}", f"{r['other_cpu_seconds']:.1f}"])
+    header = ["batch", "backbone passes", "time a pass", "samples/s", "speed vs whole batch", "peak RSS",
+              "page faults a pass", "load at start / end", "CPU s of other processes"]
+    return f"median of {report['repeats']} passes after a warm-up pass\n\n" + table(header, rows)
+
+
+def infer_engine_tables(report: dict) -> str:
+    ms = report["ms"]
+    rows = []
+    for batch in ms["pytorch_eager"]:
+        eager = ms["pytorch_eager"][batch]
+        rows.append([batch, f"{eager:,.0f} ms"] + [f"{ms[k][batch]:,.0f} ms ({eager / ms[k][batch]:.2f} x eager)"
+                                                   for k in ("onnxruntime_fp32", "onnxruntime_int8")])
+    engines = table(["batch", "PyTorch eager", "ONNX Runtime fp32", "ONNX Runtime int8"], rows)
+    alone = report["eager_alone"]
+    rows = [[batch, f"{alone['default'][batch]['ms']:,.0f} ms ({alone['default'][batch]['page_faults']:,.0f})",
+             f"{alone['keep'][batch]['ms']:,.0f} ms ({alone['keep'][batch]['page_faults']:,.0f})"]
+            for batch in alone["default"]]
+    malloc = table(["batch", "glibc's default malloc (page faults a pass)", "keep_freed_memory (page faults a pass)"],
+                   rows)
+    return (f"PyTorch eager on micro-batches of {report['eager_micro_batch']} (evaluation's choice at the time of the "
+            f"run); median of {report['rounds']} rounds x {report['repeats']} runs\n\n{engines}\n\n{malloc}")
+
+
+def data_table(reports: dict[str, dict]) -> str:
+    def cell(report, fn):
+        try:
+            return fn(report)
+        except KeyError:
+            return "-"
+
+    rows_spec = [
+        ("samples", lambda r: f"{r['first_start']['samples']:,}"),
+        ("pickle, keypoint bytes", lambda r: f"{r['pickle_bytes'] / MIB:,.0f} MiB, "
+                                             f"{r['first_start']['raw_bytes'] / MIB:,.0f} MiB"),
+        ("generate and write the pickle", lambda r: f"{r['generate_seconds']:.0f} s"),
+        ("first start (parse, validate, pack, write the cache)", lambda r: f"{r['first_start']['seconds']:.1f} s"),
+        ("peak RSS of the parsing process / keypoint bytes",
+         lambda r: f"{r['first_start']['packer_peak_rss'] / r['first_start']['raw_bytes']:.2f} x"),
+        ("peak RSS of the caller at the first start", lambda r: f"{r['first_start']['peak_rss'] / MIB:.0f} MiB"),
+        ("later start: ready, peak RSS", lambda r: f"{r['second_start']['seconds']:.2f} s, "
+                                                   f"{r['second_start']['peak_rss'] / MIB:.0f} MiB"),
+        ("RSS once every keypoint is read / keypoint bytes",
+         lambda r: f"{r['second_start']['resident_rss'] / r['second_start']['raw_bytes']:.2f} x"),
+        ("`__getitem__`, 243-frame clip, training / test",
+         lambda r: f"{r['getitem_ms']['train']:.2f} / {r['getitem_ms']['test']:.2f} ms"),
+        ("DataLoader, batch 8, 0 / 1 / 2 workers (samples/s)",
+         lambda r: " / ".join(f"{r['loader_samples_per_s'][w]:,.0f}" for w in ("0", "1", "2"))),
+    ]
+    names = list(reports)
+    rows = [[label] + [cell(reports[n], fn) for n in names] for label, fn in rows_spec]
+    runs = [f"{reports[n].get('preset', n)} ({n}, " + reports[n].get("run", {}).get("started", "start not recorded") + ")"
+            for n in names]
+    return table(["data pipeline"] + runs, rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args()
+    files = {path.name: json.loads(path.read_text()) for path in sorted(args.results.glob("*.json"))}
+    data = {name: report for name, report in files.items() if name.startswith("data")}
+    if data:
+        print("## Data\n")
+        for name, report in data.items():
+            print(f"- {name} (`{report.get('command', 'command not recorded')}`): {machine(report)}")
+        print("\n" + data_table(data) + "\n")
+    for name, report in files.items():
+        if name.startswith("train"):
+            print(f"## Training ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"
+                  f"{train_tables(report)}\n")
+    for name, report in files.items():
+        if name.startswith("infer"):
+            print(f"## Inference ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n")
+            if "micro_batch" in report:
+                print(f"### Micro-batches\n\n{infer_micro_table(report)}\n")
+            if "ms" in report:
+                print(f"### Engines and malloc\n\n{infer_engine_tables(report)}\n")
+
+if __name__ == "__main__":
+    main()

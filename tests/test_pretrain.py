@@ -1,0 +1,283 @@
+"""Masked motion pretraining (lib/model/masked_motion.py, lib/engine/pretraining.py, pretrain_action.py),
+its backbone.bin in finetuning, the linear probe and label_fraction. Tiny models on tiny synthetic pickles
+in the real format; the commands run in-process through their `main`, as `python SCRIPT` does."""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pretrain_action
+import train_action
+from lib.cli import run_main
+from lib.config import load_yaml_config
+from lib.data import synthetic
+from lib.data.dataset import ActionDataset, stratified_share
+from lib.data.pyskl import load_store
+from lib.engine.build import backbone_settings
+from lib.model.backbone import SkeletonBackbone
+from lib.model.masked_motion import MaskedMotionModel, joint_motion, masked_motion_loss, motion_aware_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+HYPER = "hyper_config/method2/manual_joint_label1.yaml"
+TINY = ["dim_rep=16", "depth=1", "num_heads=2", "clip_len=8", "maxlen=8", "num_workers=0", "device=cpu",
+        "segment=4", "decoder_dim=16", "decoder_depth=1", "decoder_heads=2", "batch_size=8", "drop_path_rate=0.0"]
+
+
+def sets(*assignments) -> list[str]:
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+def run(main, argv, monkeypatch) -> int:
+    monkeypatch.chdir(ROOT)
+    return run_main(main, [str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    synthetic.write_pickle(synthetic.generate("demo", seed=0, num_samples=120), root / "pre_tiny.pkl")
+    load_store(root / "pre_tiny.pkl")
+    return root
+
+
+def pretrain_argv(data: Path, out: Path, *overrides, dataset="pre_tiny"):
+    return (["--config", "configs/pretrain/pretrain_demo.yaml", "--checkpoint", out, "--hyper_cfg", HYPER,
+             "--hyper_relation_bias", "uniform", "--version", "2"]
+            + sets(f"data_root={data}", f"dataset={dataset}", *TINY, *overrides))
+
+
+def finetune_argv(data: Path, out: Path, *overrides):
+    return (["--config", "configs/action/demo_synthetic.yaml", "--hyper_cfg", HYPER, "--hyper_relation_bias",
+             "uniform", "--version", "2", "--checkpoint", out]
+            + sets(f"data_root={data}", "dataset=pre_tiny", *TINY, "hidden_dim=32", *overrides))
+
+
+def moving_clip(batch=4, frames=8, moving=range(0, 17, 2)) -> torch.Tensor:
+    """[B, T, V, 3]: the joints in `moving` travel, the others stand still; all present."""
+    x = torch.zeros(batch, frames, 17, 3)
+    x[..., 2] = 1.0
+    steps = torch.arange(frames, dtype=torch.float32)[None, :, None]
+    for j in moving:
+        x[:, :, j, 0] = 0.1 * steps[..., 0] * (1 + torch.rand(batch, 1))
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The objective
+
+
+def test_joint_motion_is_the_move_over_the_next_frames_where_the_joint_is_present_at_both_ends():
+    x = torch.randn(2, 6, 17, 3)
+    x[..., 2] = 1.0
+    x[0, 3, 4, 2] = 0.0  # joint 4 absent in frame 3: its moves 1->3 and 3->5 are unknown
+    motion, valid = joint_motion(x, 2)
+    torch.testing.assert_close(motion[:, :-2], (x[:, 2:, :, :2] - x[:, :-2, :, :2]) * valid[:, :-2, :, None])
+    assert not valid[:, -2:].any() and not valid[0, 1, 4] and not valid[0, 3, 4] and valid[0, 2, 4]
+    assert int(valid.sum()) == 2 * 4 * 17 - 2
+
+
+def test_masking_hides_the_configured_share_and_prefers_moving_tokens():
+    torch.manual_seed(0)
+    x = moving_clip(batch=64, frames=8)
+    mask = motion_aware_mask(x, ratio=0.5, segment=4, tau=0.5)  # [B, T, V]
+    tokens = mask[:, ::4]  # one frame per token: [B, 2, V]
+    assert (mask[:, 1:4] == mask[:, :1]).all() and (mask[:, 5:] == mask[:, 4:5]).all()  # whole segments
+    assert (tokens.flatten(1).sum(1) == round(0.5 * 2 * 17)).all()
+    moving, still = tokens[..., 0::2].float().mean(), tokens[..., 1::2].float().mean()
+    assert moving > 0.7 and still < 0.35, (moving, still)
+    uniform = motion_aware_mask(x, ratio=0.5, segment=4, tau=1e6)[:, ::4]  # tau -> infinity: no preference
+    assert abs(float(uniform[..., 0::2].float().mean()) - float(uniform[..., 1::2].float().mean())) < 0.1
+
+
+def test_loss_depends_only_on_hidden_present_targets():
+    torch.manual_seed(1)
+    x = torch.randn(3, 8, 17, 3)
+    x[..., 2] = (torch.rand(3, 8, 17) > 0.2).float()  # some joints absent
+    motion, valid = joint_motion(x, 4)
+    mask = motion_aware_mask(x, 0.6, 4, 0.8)
+    predicted = torch.randn(3, 8, 17, 2)
+    loss, entries = masked_motion_loss(predicted, motion, valid, mask)
+    assert entries == int((valid & mask).sum()) * 2 and entries > 0
+    changed = motion.clone()
+    changed[~valid] = 100 * torch.randn_like(changed[~valid])  # targets of absent joints
+    judged_nowhere = predicted.clone()
+    judged_nowhere[~(mask & valid)] = 7.0  # predictions of visible tokens and absent joints
+    torch.testing.assert_close(masked_motion_loss(judged_nowhere, changed, valid, mask)[0], loss)
+    scale = (motion[valid] ** 2).mean().sqrt()  # the per-sequence scale is over all present values
+    visible_scaled = motion.clone()
+    visible_scaled[~mask] = -motion[~mask]  # visible targets change sign: the scale stays, the loss too
+    torch.testing.assert_close(masked_motion_loss(predicted, visible_scaled, valid, mask)[0], loss)
+    hidden_present = tuple((mask & valid).nonzero()[0])
+    moved = motion.clone()
+    moved[hidden_present] += scale
+    assert not torch.isclose(masked_motion_loss(predicted, moved, valid, mask)[0], loss)
+
+
+def test_targets_are_the_motion_divided_by_its_sequences_rms():
+    x = moving_clip(batch=2, frames=8)
+    motion, valid = joint_motion(x, 4)
+    mask = torch.ones(2, 8, 17, dtype=torch.bool)
+    rms = torch.stack([(motion[b][valid[b]] ** 2).mean().sqrt() for b in range(2)])
+    ideal = motion / rms[:, None, None, None]
+    assert float(masked_motion_loss(ideal, motion, valid, mask)[0]) < 1e-8
+    assert float(masked_motion_loss(motion, motion, valid, mask)[0]) > 0.1
+
+
+def test_pretraining_loss_falls_within_a_few_steps(data):
+    """The demo's model on 8 clips of 32 frames with 90% of the tokens hidden."""
+    cfg = load_yaml_config(ROOT / "configs/pretrain/pretrain_demo.yaml", ROOT / HYPER,
+                           overrides=[f"data_root={data}", "dataset=pre_tiny", "decoder_depth=1"])
+    p = cfg.pretrain
+    torch.manual_seed(0)
+    model = MaskedMotionModel(SkeletonBackbone(backbone_settings(cfg)), p.decoder_dim, p.decoder_depth, p.decoder_heads)
+    dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=True)
+    x = torch.from_numpy(np.stack([dataset.clip(i) for i in range(8)]))  # [8, 2, 32, V, 3]
+    sequences = x.flatten(0, 1)
+    motion, valid = joint_motion(sequences, p.segment)
+    mask = motion_aware_mask(sequences, p.mask_ratio, p.segment, p.tau)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss, _ = masked_motion_loss(model(x, mask), motion, valid, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def test_the_mask_token_replaces_the_hidden_inputs():
+    """What a hidden token held does not reach the encoder: changing it leaves the prediction unchanged."""
+    torch.manual_seed(0)
+    cfg = load_yaml_config(ROOT / "configs/pretrain/pretrain_demo.yaml", ROOT / HYPER, overrides=TINY)
+    model = MaskedMotionModel(SkeletonBackbone(backbone_settings(cfg)), 16, 1, 2).eval()
+    x = torch.randn(2, 2, 8, 17, 3)
+    mask = motion_aware_mask(x.flatten(0, 1), 0.5, 4, 0.8)
+    changed = x.clone().flatten(0, 1)
+    changed[mask] = torch.randn_like(changed[mask])
+    with torch.no_grad():
+        torch.testing.assert_close(model(changed.unflatten(0, (2, 2)), mask), model(x, mask))
+        visible_changed = x.clone().flatten(0, 1)
+        visible_changed[~mask] += 1.0
+        assert not torch.allclose(model(visible_changed.unflatten(0, (2, 2)), mask), model(x, mask))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretrain_action.py, backbone.bin and finetuning
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run(pretrain_action.main, pretrain_argv(data, out, "epochs=2"), monkeypatch) == 0
+    return out
+
+
+def test_pretraining_writes_checkpoints_metrics_and_backbone_bin(pretrained):
+    assert {"latest_epoch.bin", "best_epoch.bin", "backbone.bin", "config.yaml", "metrics.jsonl"} <= {
+        p.name for p in pretrained.iterdir()}
+    records = [__import__("json").loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in records)
+    assert not any(key.startswith("val_") for r in records for key in r)
+    saved = torch.load(pretrained / "backbone.bin", weights_only=True)
+    latest = torch.load(pretrained / "latest_epoch.bin", weights_only=True)["model"]
+    assert saved["backbone_config"]["dim"] == 16 and saved["backbone_config"]["depth"] == 1
+    assert set(saved["backbone"]) == {k[len("backbone."):] for k in latest if k.startswith("backbone.")}
+    for key, value in saved["backbone"].items():
+        assert torch.equal(value, latest[f"backbone.{key}"]), key
+
+
+def test_finetuning_from_backbone_bin_loads_every_backbone_tensor(pretrained, data, tmp_path, monkeypatch):
+    out = tmp_path / "ft"
+    argv = finetune_argv(data, out, "epochs=1", "finetune=true", f"backbone_ckpt={pretrained / 'backbone.bin'}")
+    assert run(train_action.main, argv, monkeypatch) == 0
+    count = len(torch.load(pretrained / "backbone.bin", weights_only=True)["backbone"])
+    assert f"{count} loaded, 0 missing, 0 unexpected, 0 with another shape" in (out / "run_action.log").read_text()
+
+
+def test_backbone_bin_with_other_settings_is_a_one_line_error(pretrained, data, tmp_path, monkeypatch, capsys):
+    argv = finetune_argv(data, tmp_path / "ft", "epochs=1", "finetune=true", "depth=2",
+                         f"backbone_ckpt={pretrained / 'backbone.bin'}")
+    assert run(train_action.main, argv, monkeypatch) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "pretrained with depth = 1, but this model has depth = 2" in error
+
+
+def test_labels_are_never_read_and_the_validation_split_never_touched(data, tmp_path, monkeypatch):
+    """Two pickles that differ only in their labels pretrain to bitwise-identical weights, and no clip of
+    the validation split is made."""
+    with open(data / "pre_tiny.pkl", "rb") as f:
+        content = pickle.load(f)
+    for sample in content["annotations"]:
+        sample["label"] = (sample["label"] + 7) % 60
+    with open(data / "relabelled.pkl", "wb") as f:
+        pickle.dump(content, f)
+    splits = []
+    real_clip = ActionDataset.clip
+
+    def recording_clip(self, i):
+        splits.append(self.split)
+        return real_clip(self, i)
+
+    monkeypatch.setattr(ActionDataset, "clip", recording_clip)
+    weights = []
+    for name in ("pre_tiny", "relabelled"):
+        out = tmp_path / name
+        assert run(pretrain_action.main, pretrain_argv(data, out, "epochs=1", dataset=name), monkeypatch) == 0
+        weights.append(torch.load(out / "backbone.bin", weights_only=True)["backbone"])
+    assert set(splits) == {"xsub_train"}
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Linear probe and label_fraction
+
+
+def test_linear_probe_trains_the_head_only(pretrained, data, tmp_path, monkeypatch):
+    out = tmp_path / "probe"
+    argv = finetune_argv(data, out, "epochs=1", "finetune=true", "linear_probe=true", "drop_path_rate=0.1",
+                         f"backbone_ckpt={pretrained / 'backbone.bin'}")
+    assert run(train_action.main, argv, monkeypatch) == 0
+    before = torch.load(pretrained / "backbone.bin", weights_only=True)["backbone"]
+    after = torch.load(out / "latest_epoch.bin", weights_only=True)
+    for key, value in before.items():
+        assert torch.equal(value, after["model"][f"backbone.{key}"]), key
+    groups = after["optimizer"]["param_groups"]
+    assert groups[0]["params"] == [] and groups[1]["params"]
+    assert "linear_probe: the backbone is frozen" in (out / "run_action.log").read_text()
+
+
+def test_frozen_backbone_stays_in_eval_mode():
+    from lib.engine.build import action_model
+
+    cfg = load_yaml_config(ROOT / "configs/action/demo_synthetic.yaml", ROOT / HYPER, overrides=TINY)
+    model = action_model(cfg).freeze_backbone().train()
+    assert model.head.training and not any(m.training for m in model.backbone.modules())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_label_fraction_is_stratified_and_seeded():
+    labels = np.repeat(np.arange(6), [10, 20, 30, 5, 1, 40])
+    chosen = stratified_share(labels, 0.1, seed=3)
+    counts = np.bincount(labels[chosen], minlength=6)
+    assert counts.tolist() == [1, 2, 3, 1, 1, 4]  # round(0.1 n), at least one a class
+    assert np.array_equal(chosen, stratified_share(labels, 0.1, seed=3))
+    assert not np.array_equal(chosen, stratified_share(labels, 0.1, seed=4))
+    assert np.array_equal(np.sort(chosen), chosen) and len(set(chosen.tolist())) == len(chosen)
+
+
+def test_label_fraction_shrinks_the_training_split_only(data):
+    cfg = load_yaml_config(ROOT / "configs/action/demo_synthetic.yaml", ROOT / HYPER,
+                           overrides=[f"data_root={data}", "dataset=pre_tiny", "label_fraction=0.25"])
+    store = load_store(cfg.data.pickle_path)
+    full = ActionDataset(store, load_yaml_config(ROOT / "configs/action/demo_synthetic.yaml", ROOT / HYPER,
+                                                 overrides=[f"data_root={data}", "dataset=pre_tiny"]).data, train=True)
+    part = ActionDataset(store, cfg.data, train=True)
+    assert set(part.indices) < set(full.indices)
+    assert set(np.unique(part.labels)) == set(np.unique(full.labels))  # every class keeps samples
+    assert len(ActionDataset(store, cfg.data, train=False)) == len(
+        ActionDataset(store, full.cfg, train=False))
