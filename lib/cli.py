@@ -44,6 +44,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_yaml_config(args.config, args.hyper_cfg, flags, args.overrides)
 
 
+def training_run(args: argparse.Namespace) -> tuple[Config, str, str]:
+    """(config, output folder, checkpoint to resume or None) of a training command (train_action.py,
+    pretrain_action.py), with its one-line errors."""
+    if not args.checkpoint:
+        raise UserError("--checkpoint DIR is required: the folder for this run's checkpoints and logs")
+    if args.evaluate:
+        raise UserError("training does not evaluate; use evaluate_action.py --evaluate CKPT")
+    return config_from_args(args), args.checkpoint, args.resume
+
+
 def run_main(main, argv=None) -> int:
     """Call `main(argv)` and return its exit status (`main` returns one, or None for 0); a UserError
     becomes one line on stderr and exit status 2."""

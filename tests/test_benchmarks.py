@@ -87,14 +87,25 @@ def restore(folder: Path, before: dict):
             os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
-@pytest.mark.parametrize("script, args", [("bench_data.py", ["--workdir", "{tmp}"]), ("bench_train.py", []),
-                                          ("bench_infer.py", ["--threads", "1"])])
-def test_quick_run_without_out_leaves_the_recorded_results_alone(script, args, tmp_path):
-    """A smoke run (--quick) writes its JSON only where --out says; without --out it writes nothing, so the
-    results in benchmarks/results/ stay those of the full runs."""
+def test_every_script_decides_where_to_write_in_one_place():
+    """A smoke run (--quick) writes its JSON only where --out says; a full run defaults to results/."""
+    from benchmarks.common import RESULTS as DEFAULT_FOLDER, out_path
+
+    assert out_path(None, quick=True, default="train.json") is None
+    assert out_path(None, quick=False, default="train.json") == DEFAULT_FOLDER / "train.json"
+    assert out_path(Path("x.json"), quick=True, default="train.json") == Path("x.json")
+    for script in ("bench_data.py", "bench_train.py", "bench_infer.py"):
+        source = (ROOT / "benchmarks" / script).read_text()
+        assert "out_path(" in source and "RESULTS /" not in source, script
+
+
+def test_quick_run_without_out_leaves_the_recorded_results_alone(tmp_path):
+    """The real thing, with the cheapest script: without --out a --quick run writes nothing, so the results
+    in benchmarks/results/ stay those of the full runs."""
+    script = "bench_data.py"
     before = snapshot(RESULTS)
     try:
-        run_benchmark(script, *[a.format(tmp=tmp_path) for a in args])
+        run_benchmark(script, "--workdir", str(tmp_path))
         after = snapshot(RESULTS)
     finally:
         restore(RESULTS, before)

@@ -4,7 +4,8 @@ A token is one joint over a segment of `segment` consecutive frames. Most tokens
 preferring tokens that move); the backbone reads the clip with the hidden tokens' inputs replaced by a
 learned mask token, and a light decoder predicts, for every frame, each joint's 2D move over the next
 `segment` frames. The loss compares, on hidden tokens only and only where the joint is present at both
-ends, the prediction with the true move divided by its root mean square over the sequence. Shapes: B
+ends, the prediction with the true move divided by its root mean square over those entries of the
+sequence. Shapes: B
 sequences (persons folded into the batch), T frames, V = 17 joints, C backbone width, D decoder width.
 """
 import torch
@@ -53,14 +54,13 @@ def motion_aware_mask(x: torch.Tensor, ratio: float, segment: int, tau: float) -
 
 def masked_motion_loss(predicted: torch.Tensor, motion: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor):
     """Mean squared error between `predicted` [B, T, V, 2] and the true `motion` [B, T, V, 2] (see
-    `joint_motion`) divided by its root mean square over the valid values of its sequence, over the
-    entries that are hidden (`mask` [B, T, V]) and valid (`valid` [B, T, V]) only. Returns (loss, number
-    of entries it averages)."""
-    weight = valid[..., None].expand_as(motion).float()  # [B, T, V, 2]
+    `joint_motion`) divided by its root mean square over its sequence, over the entries that are hidden
+    (`mask` [B, T, V]) and valid (`valid` [B, T, V]) only; the root mean square is taken over those same
+    entries, so nothing else reaches the loss. Returns (loss, number of entries it averages)."""
+    weight = (valid & mask)[..., None].expand_as(motion).float()  # [B, T, V, 2]
     scale = ((motion ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True)
              / weight.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)).sqrt()  # [B, 1, 1, 1]
     target = motion / (scale + 1e-6)
-    weight = weight * mask[..., None]
     entries = weight.sum()
     loss = (((predicted - target) ** 2) * weight).sum() / entries.clamp(min=1)
     return loss, int(entries)
