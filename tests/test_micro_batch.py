@@ -118,3 +118,31 @@ def test_automatic_micro_batch_follows_the_measured_rule_on_the_cpu_only():
     assert micro_batch_size(demo, cpu) == demo.train.batch_size  # small clips: no chunks, no recomputation
     explicit = load_yaml_config(ROOT / "configs/action/demo_synthetic.yaml", hyper, overrides=["micro_batch=3"])
     assert micro_batch_size(explicit, cpu) == 3 and micro_batch_size(explicit, cuda) == 3
+
+
+def test_pretraining_on_micro_batches_gives_the_predictions_and_gradients_of_the_whole_batch():
+    """MaskedMotionModel.set_micro_batch: the same in-chunks pass as the action model's, over the
+    backbone and the decoder together, with the mask split along with the clips."""
+    from lib.engine.build import backbone_settings
+    from lib.model.backbone import SkeletonBackbone
+    from lib.model.masked_motion import MaskedMotionModel, motion_aware_mask
+
+    torch.manual_seed(0)
+    whole = MaskedMotionModel(SkeletonBackbone(backbone_settings(small_config())), 8, 1, 2).double()
+    chunked = MaskedMotionModel(SkeletonBackbone(backbone_settings(small_config())), 8, 1, 2).double()
+    chunked.load_state_dict(whole.state_dict())
+    chunked.set_micro_batch(2)
+    x = torch.randn(3, 2, 10, 17, 3, dtype=torch.float64)  # 3 clips of 2 persons: chunks of 4, 2 sequences
+    mask = motion_aware_mask(x.flatten(0, 1), 0.8, 2, 0.8)
+    outputs = []
+    for model in (whole, chunked):
+        model.zero_grad(set_to_none=True)
+        predicted = model(x, mask)
+        predicted.square().mean().backward()
+        outputs.append((predicted.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (expected, expected_grads), (predicted, grads) = outputs
+    assert torch.allclose(predicted, expected, atol=1e-12)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-12), name
+    assert saved_bytes(lambda clips: chunked.float()(clips, mask), x.float()) < saved_bytes(
+        lambda clips: whole.float()(clips, mask), x.float()) / 2

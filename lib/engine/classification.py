@@ -58,10 +58,7 @@ class ClassificationTask:
         if cfg.linear_probe:
             model.freeze_backbone()
             log.info("linear_probe: the backbone is frozen (eval mode); only the head trains")
-        micro_batch = micro_batch_size(self.cfg, device)
-        if 0 < micro_batch < cfg.batch_size:
-            log.info(f"backbone on {micro_batch} clips at a time (train.micro_batch)")
-        return model.set_micro_batch(micro_batch)
+        return model.set_micro_batch(micro_batch_size(self.cfg, device))
 
     def parameter_groups(self, model) -> list[dict]:
         """The backbone at lr_backbone (an empty group when it is frozen) and the head at lr_head."""

@@ -14,6 +14,7 @@ from lib.data.dataset import ActionDataset
 from lib.data.pyskl import load_store
 from lib.engine.build import backbone_settings
 from lib.engine.checkpoint import save_checkpoint
+from lib.engine.runtime import micro_batch_size
 from lib.errors import UserError
 from lib.model.backbone import SkeletonBackbone
 from lib.model.masked_motion import MaskedMotionModel, joint_motion, masked_motion_loss, motion_aware_mask
@@ -68,8 +69,9 @@ class MaskedMotionTask:
 
     def build_model(self, device: torch.device, pretrained: bool) -> MaskedMotionModel:
         p = self.cfg.pretrain
-        return MaskedMotionModel(SkeletonBackbone(backbone_settings(self.cfg)), p.decoder_dim, p.decoder_depth,
-                                 p.decoder_heads)
+        model = MaskedMotionModel(SkeletonBackbone(backbone_settings(self.cfg)), p.decoder_dim, p.decoder_depth,
+                                  p.decoder_heads)
+        return model.set_micro_batch(micro_batch_size(self.cfg, device))
 
     def parameter_groups(self, model: MaskedMotionModel) -> list[dict]:
         """The backbone at lr_backbone; the mask token and the decoder at lr_head."""

@@ -14,6 +14,7 @@ from lib.config import Config
 from lib.errors import UserError
 
 LIB_LOGGER = logging.getLogger("lib")  # every module's logging.getLogger(__name__) reports here
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -53,14 +54,17 @@ def micro_batch_size(cfg: Config, device: torch.device) -> int:
     backbone runs on micro-batches of the most clips whose widest activation (the qkv or MLP projection)
     stays under the ceiling."""
     if cfg.train.micro_batch is not None:
-        return cfg.train.micro_batch
-    if device.type != "cpu":
-        return 0
-    clip_tokens = 2 * cfg.data.clip_len * cfg.model.num_joints
-    if cfg.train.batch_size * clip_tokens * cfg.model.dim_rep * 4 < GLIBC_MMAP_CEILING:
-        return cfg.train.batch_size
-    widest = max(3 * cfg.model.dim_rep, int(cfg.model.dim_rep * cfg.model.mlp_ratio))
-    return max(1, GLIBC_MMAP_CEILING // (clip_tokens * widest * 4))
+        clips = cfg.train.micro_batch
+    elif device.type != "cpu":
+        clips = 0
+    else:
+        clip_tokens = 2 * cfg.data.clip_len * cfg.model.num_joints
+        widest = max(3 * cfg.model.dim_rep, int(cfg.model.dim_rep * cfg.model.mlp_ratio))
+        whole_batch = cfg.train.batch_size * clip_tokens * cfg.model.dim_rep * 4 < GLIBC_MMAP_CEILING
+        clips = cfg.train.batch_size if whole_batch else max(1, GLIBC_MMAP_CEILING // (clip_tokens * widest * 4))
+    if 0 < clips < cfg.train.batch_size:
+        log.info(f"backbone on {clips} clips at a time (train.micro_batch)")
+    return clips
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -2,10 +2,9 @@
 [N, M, T, 17, 3] -> logits [N, K]."""
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lib import skeleton
-from lib.model.backbone import BackboneConfig, SkeletonBackbone
+from lib.model.backbone import BackboneConfig, SkeletonBackbone, in_chunks
 
 
 class ClassificationHead(nn.Module):
@@ -47,11 +46,9 @@ class ActionNet(nn.Module):
         return self
 
     def set_micro_batch(self, clips: int):
-        """Run the backbone on `clips` clips at a time (0: the whole batch at once). With gradients each
-        chunk is checkpointed: its activations are dropped after the forward pass and recomputed (with the
-        same random numbers) in the backward pass, so one chunk's activations are alive at a time: less
-        memory for one more backbone forward. The result equals one pass over the whole batch; the head,
-        with its BatchNorm, always sees the whole batch."""
+        """Run the backbone on `clips` clips at a time (0: the whole batch at once), checkpointed when
+        gradients are on (see `in_chunks`). The result equals one pass over the whole batch; the head, with
+        its BatchNorm, always sees the whole batch."""
         self.micro_batch = clips
         return self
 
@@ -62,17 +59,8 @@ class ActionNet(nn.Module):
         if return_attention:
             features, maps = self.backbone(x.flatten(0, 1), return_attention=True)  # [N*M, T, V, C]
             return self.head(features.unflatten(0, (n, m))), maps
-        return self.head(self.backbone_features(x.flatten(0, 1), m).unflatten(0, (n, m)))
-
-    def backbone_features(self, sequences, persons: int):
-        """[N*M, T, V, Cin] -> [N*M, T, V, C], `micro_batch` clips at a time (see `set_micro_batch`)."""
-        chunk = self.micro_batch * persons
-        if not self.micro_batch or len(sequences) <= chunk:
-            return self.backbone(sequences)
-        if torch.is_grad_enabled():
-            return torch.cat([checkpoint(self.backbone, part, use_reentrant=False) for part in sequences.split(chunk)])
-        return torch.cat([self.backbone(part) for part in sequences.split(chunk)])
-
+        features = in_chunks(self.backbone, self.micro_batch * m, x.flatten(0, 1))  # [N*M, T, V, C]
+        return self.head(features.unflatten(0, (n, m)))
 
 def build_model(num_classes: int, backbone: BackboneConfig, hidden_dim: int = 1024, dropout: float = 0.5) -> ActionNet:
     """The action model: `backbone` settings, then a head with `hidden_dim` units and `dropout` on its input."""

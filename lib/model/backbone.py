@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lib import skeleton
 from lib.model.attention import DropPath, JointToHyperedgeAttention, JointToJointAttention, Mlp, SelfAttention
@@ -161,3 +162,16 @@ class SkeletonBackbone(nn.Module):
             if return_attention:
                 maps.append({"joint": j2j, "hyperedge": j2e, "temporal": temporal_probs})
         return (x, maps) if return_attention else x
+
+
+def in_chunks(fn, chunk: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn(*tensors) computed on `chunk` rows of the tensors at a time (0: all at once) and concatenated, for
+    an `fn` that treats its rows independently. With gradients each chunk is checkpointed: its activations
+    are dropped after the forward pass and recomputed (with the same random numbers) in the backward pass,
+    so one chunk's activations are alive at a time: less memory for one more forward pass."""
+    if not chunk or len(tensors[0]) <= chunk:
+        return fn(*tensors)
+    parts = zip(*(t.split(chunk) for t in tensors))
+    if torch.is_grad_enabled():
+        return torch.cat([checkpoint(fn, *part, use_reentrant=False) for part in parts])
+    return torch.cat([fn(*part) for part in parts])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib import skeleton
-from lib.model.backbone import SelfAttentionBlock, SkeletonBackbone
+from lib.model.backbone import SelfAttentionBlock, SkeletonBackbone, in_chunks
 
 
 def joint_motion(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,10 +86,20 @@ class MaskedMotionModel(nn.Module):
                                               for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.predict = nn.Linear(decoder_dim, 2)
+        self.micro_batch = 0
+
+    def set_micro_batch(self, clips: int):
+        """Run on `clips` clips at a time (0: the whole batch at once), checkpointed when gradients are on
+        (see `in_chunks`); the result equals one pass over the whole batch."""
+        self.micro_batch = clips
+        return self
 
     def forward(self, x, mask):
         """x [N, M, T, V, 3], mask [N*M, T, V] (True: hidden) -> predicted motion [N*M, T, V, 2]."""
-        x = x.flatten(0, 1)  # [B, T, V, 3]
+        return in_chunks(self.reconstruct, self.micro_batch * x.shape[1], x.flatten(0, 1), mask)
+
+    def reconstruct(self, x, mask):
+        """x [B, T, V, 3], mask [B, T, V] -> predicted motion [B, T, V, 2]."""
         batch, frames, joints, _ = x.shape
         tokens = self.backbone.embed(x)  # [B, T, V, C]
         hidden = self.mask_token + self.backbone.spatial_pos  # the mask token keeps its joint's position
