@@ -17,7 +17,7 @@ from lib.data.dataset import ActionDataset, stratified_share
 from lib.data.pyskl import load_store
 from lib.engine.build import backbone_settings
 from lib.model.backbone import SkeletonBackbone
-from lib.model.masked_motion import MaskedMotionModel, joint_motion, masked_motion_loss, motion_aware_mask
+from lib.model.masked_motion import MaskedMotionModel, joint_motion, masked_loss, motion_aware_mask, pretraining_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 HYPER = "hyper_config/method2/manual_joint_label1.yaml"
@@ -91,36 +91,51 @@ def test_masking_hides_the_configured_share_and_prefers_moving_tokens():
     assert abs(float(uniform[..., 0::2].float().mean()) - float(uniform[..., 1::2].float().mean())) < 0.1
 
 
-def test_loss_depends_only_on_hidden_present_targets():
+@pytest.mark.parametrize("centre", [False, True], ids=["motion", "position"])
+def test_loss_depends_only_on_hidden_present_targets(centre):
     torch.manual_seed(1)
     x = torch.randn(3, 8, 17, 3)
     x[..., 2] = (torch.rand(3, 8, 17) > 0.2).float()  # some joints absent
-    motion, valid = joint_motion(x, 4)
+    target, valid = joint_motion(x, 4) if not centre else (x[..., :2], x[..., 2] > 0)
     mask = motion_aware_mask(x, 0.6, 4, 0.8)
     predicted = torch.randn(3, 8, 17, 2)
-    loss, entries = masked_motion_loss(predicted, motion, valid, mask)
+    loss, entries = masked_loss(predicted, target, valid, mask, centre)
     assert entries == int((valid & mask).sum()) * 2 and entries > 0
-    changed = motion.clone()
+    changed = target.clone()
     changed[~mask] = 100 * torch.randn_like(changed[~mask])  # targets of visible tokens
     changed[~valid] = 100 * torch.randn_like(changed[~valid])  # targets of absent joints
     judged_nowhere = predicted.clone()
     judged_nowhere[~(mask & valid)] = 7.0  # predictions of visible tokens and absent joints
-    torch.testing.assert_close(masked_motion_loss(judged_nowhere, changed, valid, mask)[0], loss)
+    torch.testing.assert_close(masked_loss(judged_nowhere, changed, valid, mask, centre)[0], loss)
     hidden_present = tuple((mask & valid).nonzero()[0])
-    moved = motion.clone()
+    moved = target.clone()
     moved[hidden_present] += 1.0
-    assert not torch.isclose(masked_motion_loss(predicted, moved, valid, mask)[0], loss)
+    assert not torch.isclose(masked_loss(predicted, moved, valid, mask, centre)[0], loss)
 
 
-def test_targets_are_the_motion_divided_by_its_rms_over_the_hidden_entries_of_its_sequence():
+def test_targets_are_normalised_over_the_hidden_entries_of_their_sequence():
+    """Moves divided by their root mean square; positions centred on their mean, then divided."""
     x = moving_clip(batch=2, frames=8)
+    x[..., 1] = torch.rand(2, 8, 17)
     motion, valid = joint_motion(x, 4)
+    present = x[..., 2] > 0
     mask = torch.zeros(2, 8, 17, dtype=torch.bool)
     mask[:, :, :9] = True
     rms = torch.stack([(motion[b][valid[b] & mask[b]] ** 2).mean().sqrt() for b in range(2)])
     ideal = motion / rms[:, None, None, None]
-    assert float(masked_motion_loss(ideal, motion, valid, mask)[0]) < 1e-8
-    assert float(masked_motion_loss(motion, motion, valid, mask)[0]) > 0.1
+    assert float(masked_loss(ideal, motion, valid, mask)[0]) < 1e-8
+    assert float(masked_loss(motion, motion, valid, mask)[0]) > 0.1
+    positions = x[..., :2]
+    centred = torch.stack([positions[b] - positions[b][mask[b]].mean(0) for b in range(2)])
+    rms = torch.stack([(centred[b][mask[b]] ** 2).mean().sqrt() for b in range(2)])
+    ideal = centred / rms[:, None, None, None]
+    assert float(masked_loss(ideal, positions, present, mask, centre=True)[0]) < 1e-8
+    assert float(masked_loss(centred, positions, present, mask, centre=True)[0]) > 0.1
+    predicted = torch.cat([ideal, torch.zeros_like(ideal)], dim=-1)  # perfect positions, moves all zero
+    loss, sums = pretraining_loss(predicted, x, mask, 4)
+    torch.testing.assert_close(loss, torch.tensor(1.0))  # a zero move costs its normalised mean square, 1
+    assert sums["position_loss"] < 1e-6 and sums["motion_entries"] == int((valid & mask).sum()) * 2
+    assert abs(sums["motion_loss"] / sums["motion_entries"] - 1.0) < 1e-4
 
 
 def test_backbone_bin_fits_every_finetuning_config(tmp_path):
@@ -151,17 +166,18 @@ def test_pretraining_loss_falls_within_a_few_steps(data):
     dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=True)
     x = torch.from_numpy(np.stack([dataset.clip(i) for i in range(8)]))  # [8, 2, 32, V, 3]
     sequences = x.flatten(0, 1)
-    motion, valid = joint_motion(sequences, p.segment)
     mask = motion_aware_mask(sequences, p.mask_ratio, p.segment, p.tau)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(20):
-        loss, _ = masked_motion_loss(model(x, mask), motion, valid, mask)
+    losses, position_losses = [], []
+    for _ in range(30):
+        loss, sums = pretraining_loss(model(x, mask), sequences, mask, p.segment)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.85 * losses[0], losses
+        position_losses.append(sums["position_loss"] / sums["position_entries"])
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert position_losses[-1] < 0.8 * position_losses[0], position_losses
 
 
 def test_the_mask_token_replaces_the_hidden_inputs():

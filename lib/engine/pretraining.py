@@ -17,7 +17,7 @@ from lib.engine.checkpoint import save_checkpoint
 from lib.engine.runtime import micro_batch_size
 from lib.errors import UserError
 from lib.model.backbone import SkeletonBackbone
-from lib.model.masked_motion import MaskedMotionModel, joint_motion, masked_motion_loss, motion_aware_mask
+from lib.model.masked_motion import MaskedMotionModel, motion_aware_mask, pretraining_loss
 
 log = logging.getLogger(__name__)
 BACKBONE_FILE = "backbone.bin"
@@ -87,14 +87,14 @@ class MaskedMotionTask:
         x = clips.to(device, non_blocking=True)
         sequences = x.flatten(0, 1)  # [N*M, T, V, 3]
         mask = motion_aware_mask(sequences, p.mask_ratio, p.segment, p.tau)
-        predicted = forward(x, mask).float()
-        motion, valid = joint_motion(sequences, p.segment)
-        loss, entries = masked_motion_loss(predicted, motion, valid, mask)
-        return loss, {"loss": loss.item() * entries, "entries": entries}
+        return pretraining_loss(forward(x, mask).float(), sequences, mask, p.segment)
 
     @staticmethod
     def summarize(sums: dict) -> dict:
-        return {"loss": sums.get("loss", 0.0) / max(sums.get("entries", 0), 1)}
+        """loss = position_loss + motion_loss, each the mean over its entries of the epoch so far."""
+        terms = {f"{term}_loss": sums.get(f"{term}_loss", 0.0) / max(sums.get(f"{term}_entries", 0), 1)
+                 for term in ("position", "motion")}
+        return {"loss": terms["position_loss"] + terms["motion_loss"], **terms}
 
     @staticmethod
     def save_artifacts(model: MaskedMotionModel, out: Path):

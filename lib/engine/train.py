@@ -156,7 +156,8 @@ class RunLogger:
                 self.writer.add_scalar(f"{name}/{split}", value, step)
         for name, value in lrs.items():
             self.writer.add_scalar(f"lr/{name}", value, step)
-        log.info(f"epoch {step}: train {format_metrics(train)} | val {format_metrics(val)} | "
+        validation = f" | val {format_metrics(val)}" if val else ""
+        log.info(f"epoch {step}: train {format_metrics(train)}{validation} | "
                  f"best {self.best_metric} {record[f'best_{self.best_metric}']:.2f} (epoch {record['best_epoch']}) | "
                  f"lr {'/'.join(f'{v:.2e}' for v in lrs.values())} | {record['seconds']:.0f} s")
 
@@ -279,7 +280,8 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
                 break
     logger.close()
     if status == 0:
-        log.info(f"done: best validation {task.best_metric} {progress.best_score:.2f} at epoch "
+        split = "validation" if val_set is not None else "training"
+        log.info(f"done: best {split} {task.best_metric} {progress.best_score:.2f} at epoch "
                  f"{progress.best_epoch}; checkpoints in {out}")
     shutdown(ctx)
     return status

@@ -2,11 +2,12 @@
 
 A token is one joint over a segment of `segment` consecutive frames. Most tokens are hidden (chosen
 preferring tokens that move); the backbone reads the clip with the hidden tokens' inputs replaced by a
-learned mask token, and a light decoder predicts, for every frame, each joint's 2D move over the next
-`segment` frames. The loss compares, on hidden tokens only and only where the joint is present at both
-ends, the prediction with the true move divided by its root mean square over those entries of the
-sequence. Shapes: B
-sequences (persons folded into the batch), T frames, V = 17 joints, C backbone width, D decoder width.
+learned mask token, and a light decoder predicts, for every frame of a hidden token, the joint's 2D
+position and its 2D move over the next `segment` frames. Each term compares, on hidden tokens only and
+only where the joint is present (at both ends, for a move), the prediction with the truth normalised over
+those entries of its sequence: positions centred and divided by their root mean square, moves divided by
+theirs. Shapes: B sequences (persons folded into the batch), T frames, V = 17 joints, C backbone width,
+D decoder width.
 """
 import torch
 import torch.nn.functional as F
@@ -52,18 +53,40 @@ def motion_aware_mask(x: torch.Tensor, ratio: float, segment: int, tau: float) -
     return mask.reshape(b, steps, 1, joints).expand(-1, -1, segment, -1).reshape(b, steps * segment, joints)
 
 
-def masked_motion_loss(predicted: torch.Tensor, motion: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor):
-    """Mean squared error between `predicted` [B, T, V, 2] and the true `motion` [B, T, V, 2] (see
-    `joint_motion`) divided by its root mean square over its sequence, over the entries that are hidden
-    (`mask` [B, T, V]) and valid (`valid` [B, T, V]) only; the root mean square is taken over those same
-    entries, so nothing else reaches the loss. Returns (loss, number of entries it averages)."""
-    weight = (valid & mask)[..., None].expand_as(motion).float()  # [B, T, V, 2]
-    scale = ((motion ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True)
-             / weight.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)).sqrt()  # [B, 1, 1, 1]
-    target = motion / (scale + 1e-6)
+def root_mean_square(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The root mean square of `t` [B, T, V, 2] over the entries where `weight` [B, T, V, 2] is 1, per
+    sequence, plus 1e-6: [B, 1, 1, 1]."""
+    entries = weight.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
+    return ((t ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True) / entries).sqrt() + 1e-6
+
+
+def masked_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
+                centre: bool = False):
+    """Mean squared error between `predicted` [B, T, V, 2] and `target` [B, T, V, 2] normalised per
+    sequence, over the entries that are hidden (`mask` [B, T, V]) and valid (`valid` [B, T, V]) only. The
+    normalisation uses those same entries, so nothing else reaches the loss: with `centre` their mean
+    (of x and of y) is subtracted first; then the target is divided by its root mean square. Returns
+    (loss, number of entries it averages)."""
+    weight = (valid & mask)[..., None].expand_as(target).float()  # [B, T, V, 2]
+    if centre:
+        mean = (target * weight).sum(dim=(1, 2), keepdim=True) / weight.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+        target = target - mean  # [B, 1, 1, 2] subtracted
+    target = target / root_mean_square(target, weight)
     entries = weight.sum()
     loss = (((predicted - target) ** 2) * weight).sum() / entries.clamp(min=1)
     return loss, int(entries)
+
+
+def pretraining_loss(predicted: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, segment: int):
+    """The objective: predicted [B, T, V, 4] (position x, y; motion x, y), x [B, T, V, 3] the clip, mask
+    [B, T, V] -> (position loss + motion loss, sums of each term times its entries and the entries, for
+    exact averages over many batches). Positions count where the joint is present, moves where it is
+    present at both ends (see `joint_motion`)."""
+    position_loss, positions = masked_loss(predicted[..., :2], x[..., :2], x[..., 2] > 0, mask, centre=True)
+    motion_loss, moves = masked_loss(predicted[..., 2:], *joint_motion(x, segment), mask)
+    sums = {"position_loss": position_loss.item() * positions, "position_entries": positions,
+            "motion_loss": motion_loss.item() * moves, "motion_entries": moves}
+    return position_loss + motion_loss, sums
 
 
 class MaskedMotionModel(nn.Module):
@@ -85,7 +108,7 @@ class MaskedMotionModel(nn.Module):
         self.decoder_temporal = nn.ModuleList(SelfAttentionBlock(decoder_dim, decoder_heads, 2.0, 0.0)
                                               for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
-        self.predict = nn.Linear(decoder_dim, 2)
+        self.predict = nn.Linear(decoder_dim, 4)
         self.micro_batch = 0
 
     def set_micro_batch(self, clips: int):
@@ -95,11 +118,11 @@ class MaskedMotionModel(nn.Module):
         return self
 
     def forward(self, x, mask):
-        """x [N, M, T, V, 3], mask [N*M, T, V] (True: hidden) -> predicted motion [N*M, T, V, 2]."""
+        """x [N, M, T, V, 3], mask [N*M, T, V] (True: hidden) -> predicted [N*M, T, V, 4] (position, motion)."""
         return in_chunks(self.reconstruct, self.micro_batch * x.shape[1], x.flatten(0, 1), mask)
 
     def reconstruct(self, x, mask):
-        """x [B, T, V, 3], mask [B, T, V] -> predicted motion [B, T, V, 2]."""
+        """x [B, T, V, 3], mask [B, T, V] -> predicted [B, T, V, 4]."""
         batch, frames, joints, _ = x.shape
         tokens = self.backbone.embed(x)  # [B, T, V, C]
         hidden = self.mask_token + self.backbone.spatial_pos  # the mask token keeps its joint's position
@@ -108,4 +131,4 @@ class MaskedMotionModel(nn.Module):
         for spatial, temporal in zip(self.decoder_spatial, self.decoder_temporal):
             y = spatial(y.flatten(0, 1))[0].unflatten(0, (batch, frames))  # over the joints of each frame
             y = temporal(y.transpose(1, 2).flatten(0, 1))[0].unflatten(0, (batch, joints)).transpose(1, 2)
-        return self.predict(self.decoder_norm(y))  # [B, T, V, 2]
+        return self.predict(self.decoder_norm(y))  # [B, T, V, 4]
