@@ -30,9 +30,9 @@ def run(command, **kwargs):
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, **kwargs)
 
 
-def torchrun(*args):
+def torchrun(*args, script="train_action.py", config_args=SEED_ARGS):
     return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "train_action.py", *SEED_ARGS, *map(str, args)])
+                script, *config_args, *map(str, args)])
 
 
 def test_two_process_training_writes_one_run_whose_validation_equals_a_single_process_evaluation(tiny):
@@ -89,3 +89,28 @@ def test_two_process_training_on_checkpointed_micro_batches_matches_whole_batche
         assert ("backbone on 1 clips at a time" in result.stdout + result.stderr) == (micro_batch == 1)
         losses[micro_batch] = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["train_loss"]
     assert losses[1] == pytest.approx(losses[4], rel=1e-4)
+
+
+def test_two_process_pretraining_writes_one_run_and_its_backbone_bin(tiny):
+    """pretrain_action.py under torchrun: each process masks and reads its share of the batches, rank 0
+    alone writes the logs, the checkpoints and backbone.bin, and every process's random state is saved."""
+    folder, overrides = tiny
+    out = folder / "pretrain"
+    config_args = ["--config", "configs/pretrain/pretrain_demo.yaml"] + SEED_ARGS[2:]
+    result = torchrun("--checkpoint", out, *overrides, "--set", "epochs=2", "--set", "segment=4", "--set",
+                      "decoder_dim=16", "--set", "decoder_heads=2", "--set", "decoder_depth=1",
+                      script="pretrain_action.py", config_args=config_args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "x 2 processes" in result.stdout + result.stderr
+    assert {"backbone.bin", "latest_epoch.bin", "metrics.jsonl", "run_pretrain.log"} <= {p.name for p in out.iterdir()}
+    log = (out / "run_pretrain.log").read_text()
+    assert log.count("epoch 2: train loss") == 1  # rank 0 only
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    state = torch.load(out / "latest_epoch.bin", weights_only=True)
+    assert len(state["rng"]["by_rank"]) == 2
+    train_clips = len(synthetic.generate("demo", seed=0, num_samples=90)["split"]["xsub_train"])
+    assert state["optimizer"]["state"][0]["step"].item() == 2 * (train_clips // 4 // 2)
+    backbone = torch.load(out / "backbone.bin", weights_only=True)["backbone"]
+    for key, value in backbone.items():
+        assert torch.equal(value, state["model"][f"backbone.{key}"]), key

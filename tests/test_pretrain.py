@@ -1,6 +1,7 @@
 """Masked motion pretraining (lib/model/masked_motion.py, lib/engine/pretraining.py, pretrain_action.py),
 its backbone.bin in finetuning, the linear probe and label_fraction. Tiny models on tiny synthetic pickles
 in the real format; the commands run in-process through their `main`, as `python SCRIPT` does."""
+import json
 import pickle
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def pretrained(data, tmp_path_factory):
 def test_pretraining_writes_checkpoints_metrics_and_backbone_bin(pretrained):
     assert {"latest_epoch.bin", "best_epoch.bin", "backbone.bin", "config.yaml", "metrics.jsonl"} <= {
         p.name for p in pretrained.iterdir()}
-    records = [__import__("json").loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in records)
     assert not any(key.startswith("val_") for r in records for key in r)
     saved = torch.load(pretrained / "backbone.bin", weights_only=True)
@@ -220,6 +221,31 @@ def test_pretraining_writes_checkpoints_metrics_and_backbone_bin(pretrained):
     assert set(saved["backbone"]) == {k[len("backbone."):] for k in latest if k.startswith("backbone.")}
     for key, value in saved["backbone"].items():
         assert torch.equal(value, latest[f"backbone.{key}"]), key
+
+
+def test_resumed_pretraining_ends_bit_identical(pretrained, data, tmp_path, monkeypatch):
+    """1 epoch, then -r latest_epoch.bin with epochs=2, equals the 2 epochs in one go of `pretrained`:
+    weights, optimizer, backbone.bin and metrics (the masks are random: their generator state is restored)."""
+    out = tmp_path / "resumed"
+    assert run(pretrain_action.main, pretrain_argv(data, out, "epochs=1"), monkeypatch) == 0
+    argv = pretrain_argv(data, out, "epochs=2") + ["-r", out / "latest_epoch.bin"]
+    assert run(pretrain_action.main, argv, monkeypatch) == 0
+    ours, theirs = (torch.load(folder / "latest_epoch.bin", weights_only=True) for folder in (out, pretrained))
+    assert ours["epoch"] == theirs["epoch"] == 2
+    for key, value in theirs["model"].items():
+        assert torch.equal(ours["model"][key], value), key
+    for index, state in theirs["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(ours["optimizer"]["state"][index][name], value), (index, name)
+    ours_bin, theirs_bin = (torch.load(folder / "backbone.bin", weights_only=True) for folder in (out, pretrained))
+    assert all(torch.equal(ours_bin["backbone"][k], v) for k, v in theirs_bin["backbone"].items())
+
+    def without_time(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert without_time(out) == without_time(pretrained)
+    assert "resumed from" in (out / "run_pretrain.log").read_text()
 
 
 def test_finetuning_from_backbone_bin_loads_every_backbone_tensor(pretrained, data, tmp_path, monkeypatch):
