@@ -138,6 +138,8 @@ class PretrainConfig:
     decoder_dim: int = field(default=128, metadata=_range(1))
     decoder_depth: int = field(default=2, metadata=_range(1))
     decoder_heads: int = field(default=8, metadata=_range(1))
+    # validation clips in reconstruction.png, drawn when a run ends (lib/vis/reconstruction.py); 0: none
+    picture_clips: int = field(default=3, metadata=_range(0))
 
 
 @dataclass

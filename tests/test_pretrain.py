@@ -248,6 +248,73 @@ def test_resumed_pretraining_ends_bit_identical(pretrained, data, tmp_path, monk
     assert "resumed from" in (out / "run_pretrain.log").read_text()
 
 
+def test_the_reconstruction_picture_is_written_at_the_end_and_on_request(pretrained, data, tmp_path, monkeypatch):
+    """reconstruction.png after pretraining (three validation clips: three rows of three filmstrips), and
+    the same picture, pixel for pixel, from vis_reconstruction.py on the same checkpoint."""
+    import matplotlib.image
+
+    import vis_reconstruction
+    from lib.vis.reconstruction import ROW_PX, TITLE_PX
+
+    at_end = matplotlib.image.imread(pretrained / "reconstruction.png")
+    assert at_end.shape[:2] == (3 * ROW_PX[1] + TITLE_PX, ROW_PX[0])
+    out = tmp_path / "again.png"
+    argv = pretrain_argv(data, tmp_path, "epochs=2")
+    del argv[2:4]  # --checkpoint DIR
+    assert run(vis_reconstruction.main, argv + ["--evaluate", pretrained / "latest_epoch.bin", "--out", out],
+               monkeypatch) == 0
+    assert np.array_equal(matplotlib.image.imread(out), at_end)
+    one = tmp_path / "one.png"
+    assert run(vis_reconstruction.main, argv + ["--evaluate", pretrained / "latest_epoch.bin", "--out", one,
+                                                "--samples", "1"], monkeypatch) == 0
+    assert matplotlib.image.imread(one).shape[:2] == (ROW_PX[1] + TITLE_PX, ROW_PX[0])
+
+
+@pytest.mark.parametrize("problem", ["no checkpoint", "backbone.bin"])
+def test_the_reconstruction_picture_of_a_wrong_checkpoint_is_a_one_line_error(problem, pretrained, data, tmp_path,
+                                                                              monkeypatch, capsys):
+    import vis_reconstruction
+
+    argv = pretrain_argv(data, tmp_path, "epochs=2")
+    del argv[2:4]
+    if problem == "backbone.bin":
+        argv += ["--evaluate", pretrained / "backbone.bin"]
+    assert run(vis_reconstruction.main, argv + ["--out", tmp_path / "x.png"], monkeypatch) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and ("--evaluate CKPT is required" in error if problem == "no checkpoint"
+                                             else "is not a pretraining checkpoint" in error)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_reconstruction_of_a_perfect_prediction_is_the_truth(data):
+    """Undoing the normalisation: a model whose output is the normalised truth gives back the hidden
+    joints' true positions and moves in clip coordinates, and a zero loss."""
+    from lib.vis.reconstruction import reconstruct
+    from lib.model.masked_motion import root_mean_square
+
+    cfg = load_yaml_config(ROOT / "configs/pretrain/pretrain_demo.yaml", ROOT / HYPER,
+                           overrides=[f"data_root={data}", "dataset=pre_tiny"])
+    clip = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False).clip(0)
+
+    def oracle(x, mask):  # the normalised truth, as the loss defines it
+        sequences = x.flatten(0, 1)
+        present = sequences[..., 2] > 0
+        weight = (present & mask)[..., None].expand(-1, -1, -1, 2).float()
+        positions = sequences[..., :2]
+        mean = (positions * weight).sum(dim=(1, 2), keepdim=True) / weight.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+        positions = (positions - mean) / root_mean_square(positions - mean, weight)
+        move, valid = joint_motion(sequences, cfg.pretrain.segment)
+        move = move / root_mean_square(move, (valid & mask)[..., None].expand_as(move).float())
+        return torch.cat([positions, move], dim=-1)
+
+    r = reconstruct(oracle, clip, cfg, "clip")
+    hidden = r.hidden & r.present
+    assert hidden.any() and r.loss < 1e-8
+    np.testing.assert_allclose(r.predicted_pose[hidden], r.pose[hidden], atol=1e-5)
+    np.testing.assert_allclose(r.predicted_move[r.hidden & r.move_valid], r.true_move[r.hidden & r.move_valid],
+                               atol=1e-5)
+
+
 def test_finetuning_from_backbone_bin_loads_every_backbone_tensor(pretrained, data, tmp_path, monkeypatch):
     out = tmp_path / "ft"
     argv = finetune_argv(data, out, "epochs=1", "finetune=true", f"backbone_ckpt={pretrained / 'backbone.bin'}")
@@ -266,27 +333,36 @@ def test_backbone_bin_with_other_settings_is_a_one_line_error(pretrained, data, 
 
 def test_labels_are_never_read_and_the_validation_split_never_touched(data, tmp_path, monkeypatch):
     """Two pickles that differ only in their labels pretrain to bitwise-identical weights, and no clip of
-    the validation split is made."""
+    the validation split is made while training: only the picture, once the run has ended, reads three."""
     with open(data / "pre_tiny.pkl", "rb") as f:
         content = pickle.load(f)
     for sample in content["annotations"]:
         sample["label"] = (sample["label"] + 7) % 60
     with open(data / "relabelled.pkl", "wb") as f:
         pickle.dump(content, f)
-    splits = []
-    real_clip = ActionDataset.clip
+    events = []
+    real_clip, real_train = ActionDataset.clip, pretrain_action.train
 
     def recording_clip(self, i):
-        splits.append(self.split)
+        events.append(self.split)
         return real_clip(self, i)
 
+    def recording_train(*args):
+        status = real_train(*args)
+        events.append("training ended")
+        return status
+
     monkeypatch.setattr(ActionDataset, "clip", recording_clip)
+    monkeypatch.setattr(pretrain_action, "train", recording_train)
     weights = []
     for name in ("pre_tiny", "relabelled"):
         out = tmp_path / name
+        events.clear()
         assert run(pretrain_action.main, pretrain_argv(data, out, "epochs=1", dataset=name), monkeypatch) == 0
         weights.append(torch.load(out / "backbone.bin", weights_only=True)["backbone"])
-    assert set(splits) == {"xsub_train"}
+        ended = events.index("training ended")
+        assert set(events[:ended]) == {"xsub_train"}
+        assert events[ended + 1:] == ["xsub_val"] * 3  # the picture, after the weights are final
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
