@@ -15,7 +15,7 @@ epoch (`top1_best`, selected on the validation split as the training command doe
 
     python benchmarks/bench_pretrain.py [--quick] [--preset demo] [--samples 900] [--pretrain-epochs 40]
         [--epochs 10] [--few-label-epochs 40] [--fractions 0.1 1.0] [--seeds 0 1] [--jobs 2]
-        [--throughput-batches 4 8] [--work DIR] [--out benchmarks/results/pretrain.json]
+        [--throughput-batches 4 8] [--skip-comparison] [--work DIR] [--out benchmarks/results/pretrain.json]
 
 Throughput: pretraining steps (masking, forward, loss, backward, AdamW) at the published size
 (configs/pretrain/pretrain_NTU60_xsub_small.yaml: T=243, C=128, depth 6, decoder 128 x 2) on random clips
@@ -24,8 +24,9 @@ one warm-up step, then --steps timed steps (median). A full run waits for an idl
 throughput part and holds /tmp/BENCH_RUNNING meanwhile (benchmarks/common.py); the comparison runs
 first and needs no idle machine (it measures accuracy, not time).
 
---quick: 120 samples, 2 pretraining epochs, 2 training epochs, one seed, T=32 for the throughput at
-batch 2 with one timed step; a smoke run for the test suite. It writes JSON only to --out.
+--quick: 120 samples, one pretraining epoch, one training epoch with half of the labels, one seed, T=32
+for the throughput at batch 2 with one timed step; a smoke run for the test suite. It writes JSON only to
+--out. --skip-comparison: the throughput only (default JSON benchmarks/results/pretrain_throughput.json).
 """
 import argparse
 import concurrent.futures
@@ -99,9 +100,11 @@ def comparison(args, work: Path) -> dict:
           f"({args.samples} samples) ...", flush=True)
     seconds = run_command(["pretrain_action.py", "--config", PRETRAIN_CONFIG, "--checkpoint", str(pretrained),
                            *COMMON] + sets(*data, f"epochs={args.pretrain_epochs}"), torch.get_num_threads())
-    losses = [r["train_loss"] for r in read_metrics(pretrained)]
-    print(f"pretraining: loss {losses[0]:.3f} (epoch 1) -> {losses[-1]:.3f} (epoch {len(losses)}), {seconds:.0f} s",
-          flush=True)
+    curve = [{key: r[f"train_{key}"] for key in ("loss", "position_loss", "motion_loss")} for r in read_metrics(pretrained)]
+    first, last = curve[0], curve[-1]
+    print(f"pretraining: loss {first['loss']:.3f} (position {first['position_loss']:.3f}, motion "
+          f"{first['motion_loss']:.3f}) at epoch 1 -> {last['loss']:.3f} (position {last['position_loss']:.3f}, "
+          f"motion {last['motion_loss']:.3f}) at epoch {len(curve)}, {seconds:.0f} s", flush=True)
     jobs = [(method, fraction, seed, args.few_label_epochs if fraction < 1 else args.epochs)
             for fraction in args.fractions for seed in args.seeds for method in METHODS]
     threads = max(1, torch.get_num_threads() // args.jobs)
@@ -119,8 +122,7 @@ def comparison(args, work: Path) -> dict:
     runs.sort(key=lambda r: (r["label_fraction"], METHODS.index(r["method"]), r["seed"]))
     classes = len(synthetic.PRESETS[args.preset].actions)
     return {"preset": args.preset, "samples": args.samples, "classes_present": classes, "chance_top1": 100 / classes,
-            "pretrain_epochs": args.pretrain_epochs, "pretrain_loss_first": losses[0], "pretrain_loss_last": losses[-1],
-            "pretrain_seconds": seconds, "parallel_jobs": args.jobs, "threads_per_job": threads, "runs": runs,
+            "pretrain_epochs": args.pretrain_epochs, "pretrain_curve": curve, "pretrain_seconds": seconds, "parallel_jobs": args.jobs, "threads_per_job": threads, "runs": runs,
             "table": summary_table(runs)}
 
 
@@ -209,12 +211,13 @@ def main():
     p.add_argument("--pretrain-epochs", type=int, default=None, help="default 40")
     p.add_argument("--epochs", type=int, default=None, help="training epochs with all labels (default 10)")
     p.add_argument("--few-label-epochs", type=int, default=None, help="training epochs with fewer labels (default 40)")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    p.add_argument("--fractions", type=float, nargs="+", default=None, help="default 0.1 1.0")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra overrides for pretraining and training, e.g. clip_len=64 (with maxlen=64)")
     p.add_argument("--jobs", type=int, default=2, help="training runs at once (they share the cores)")
     p.add_argument("--throughput-batches", type=int, nargs="*", default=None, help="default 4 8; none: skip")
+    p.add_argument("--skip-comparison", action="store_true", help="the throughput only")
     p.add_argument("--steps", type=int, default=None, help="timed throughput steps (default 2, 1 with --quick)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default a fresh one under /tmp)")
     p.add_argument("--out", type=Path, default=None,
@@ -227,19 +230,21 @@ def main():
         return
     quick = args.quick
     args.samples = args.samples or (120 if quick else 900)
-    args.pretrain_epochs = args.pretrain_epochs or (2 if quick else 40)
-    args.epochs = args.epochs or (2 if quick else 10)
-    args.few_label_epochs = args.few_label_epochs or (2 if quick else 40)
+    args.pretrain_epochs = args.pretrain_epochs or (1 if quick else 40)
+    args.epochs = args.epochs or (1 if quick else 10)
+    args.few_label_epochs = args.few_label_epochs or (1 if quick else 40)
+    args.fractions = args.fractions or ([0.5] if quick else [0.1, 1.0])
     args.seeds = args.seeds or ([0] if quick else [0, 1])
     if args.throughput_batches is None:
         args.throughput_batches = [2] if quick else [4, 8]
     args.overrides = (["num_workers=0", "batch_size=8"] if quick else ["num_workers=0"]) + args.overrides
-    out = out_path(args.out, quick, "pretrain.json")
+    out = out_path(args.out, quick, "pretrain_throughput.json" if args.skip_comparison else "pretrain.json")
     work = args.work or Path(f"/tmp/bench_pretrain_{os.getpid()}")
     result = {"command": " ".join(["python", "benchmarks/bench_pretrain.py"] + sys.argv[1:]), "run": {},
               "machine": machine_info(threads=torch.get_num_threads(), device="cpu", gpu=None)}
-    result["comparison"] = comparison(args, work)
-    print_table(result["comparison"]["table"])
+    if not args.skip_comparison:
+        result["comparison"] = comparison(args, work)
+        print_table(result["comparison"]["table"])
     if args.throughput_batches:
         with contextlib.ExitStack() as stack:
             if not quick:

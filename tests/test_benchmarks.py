@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -111,3 +112,25 @@ def test_quick_run_without_out_leaves_the_recorded_results_alone(tmp_path):
         restore(RESULTS, before)
     changed = sorted(str(p.relative_to(ROOT)) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     assert not changed, f"{script} --quick without --out changed {changed}"
+
+
+def test_bench_pretrain_quick_compares_the_three_protocols_and_times_pretraining(tmp_path):
+    out = tmp_path / "pretrain.json"
+    result = run_benchmark("bench_pretrain.py", "--work", tmp_path / "work", "--out", out)
+    report = json.loads(out.read_text())
+    comparison = report["comparison"]
+    runs = comparison["runs"]
+    assert [(r["method"], r["label_fraction"], r["seed"]) for r in runs] == [
+        ("scratch", 0.5, 0), ("probe", 0.5, 0), ("finetuned", 0.5, 0)]
+    assert all(0 <= r["top1_last"] <= r["top1_best"] <= 100 for r in runs)
+    assert [row["method"] for row in comparison["table"]] == ["scratch", "probe", "finetuned"]
+    assert set(comparison["pretrain_curve"][0]) == {"loss", "position_loss", "motion_loss"}
+    # the probe's backbone is the pretrained one, untouched; the finetuned run started from it and moved
+    pretrained = torch.load(tmp_path / "work" / "pretrain" / "backbone.bin", weights_only=True)["backbone"]
+    probe = torch.load(tmp_path / "work" / "probe_0.5_seed0" / "latest_epoch.bin", weights_only=True)["model"]
+    finetuned = torch.load(tmp_path / "work" / "finetuned_0.5_seed0" / "latest_epoch.bin", weights_only=True)["model"]
+    assert all(torch.equal(probe[f"backbone.{k}"], v) for k, v in pretrained.items())
+    assert not all(torch.equal(finetuned[f"backbone.{k}"], v) for k, v in pretrained.items())
+    (throughput,) = report["throughput"]
+    assert throughput["batch"] == 2 and throughput["frames"] == 32 and throughput["clips_per_second"] > 0
+    assert "finetuned |" in result.stdout and "pretraining at T=32" in result.stdout
