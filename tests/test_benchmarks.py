@@ -134,3 +134,15 @@ def test_bench_pretrain_quick_compares_the_three_protocols_and_times_pretraining
     (throughput,) = report["throughput"]
     assert throughput["batch"] == 2 and throughput["frames"] == 32 and throughput["clips_per_second"] > 0
     assert "finetuned |" in result.stdout and "pretraining at T=32" in result.stdout
+
+
+def test_bench_pretrain_targets_quick_reports_every_variant(tmp_path):
+    out = tmp_path / "targets.json"
+    result = run_benchmark("bench_pretrain_targets.py", "--work", tmp_path / "work", "--out", out)
+    variants = json.loads(out.read_text())["variants"]
+    assert [(v["target"], v["mask_ratio"]) for v in variants] == [("moves", 0.9), ("both", 0.9), ("moves", 0.1),
+                                                                  ("moves", 0.0)]
+    for v in variants:
+        assert len(v["means"]["motion_loss"]) == 2 and all(math.isfinite(x) and x > 0 for x in v["means"]["motion_loss"])
+    assert set(variants[1]["means"]) == {"position_loss", "motion_loss"} and set(variants[0]["means"]) == {"motion_loss"}
+    assert "both  hidden  90%  position_loss" in result.stdout
