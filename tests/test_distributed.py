@@ -102,7 +102,8 @@ def test_two_process_pretraining_writes_one_run_and_its_backbone_bin(tiny):
                       script="pretrain_action.py", config_args=config_args)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "x 2 processes" in result.stdout + result.stderr
-    assert {"backbone.bin", "latest_epoch.bin", "metrics.jsonl", "run_pretrain.log"} <= {p.name for p in out.iterdir()}
+    assert {"backbone.bin", "latest_epoch.bin", "metrics.jsonl", "run_pretrain.log", "reconstruction.png"} <= {
+        p.name for p in out.iterdir()}
     log = (out / "run_pretrain.log").read_text()
     assert log.count("epoch 2: train loss") == 1  # rank 0 only
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

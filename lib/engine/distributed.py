@@ -89,3 +89,8 @@ def shutdown(ctx: Distributed):
     with lib.cli.exit_process, which under torchrun must not return normally."""
     if ctx.enabled:
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a process started without torchrun; also after `shutdown`."""
+    return int(os.environ.get("RANK", "0")) == 0
