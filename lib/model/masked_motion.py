@@ -60,18 +60,25 @@ def root_mean_square(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return ((t ** 2 * weight).sum(dim=(1, 2, 3), keepdim=True) / entries).sqrt() + 1e-6
 
 
+def normalisation(target: torch.Tensor, weight: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [B, 1, 1, 2], scale [B, 1, 1, 1]) of `target` [B, T, V, 2] over the entries where `weight`
+    [B, T, V, 2] is 1, per sequence: the normalised target is (target - mean) / scale. The mean of x and
+    of y with `centre`, else zero; the scale is the root mean square after the mean is taken off."""
+    mean = torch.zeros_like(target[:, :1, :1])
+    if centre:
+        mean = (target * weight).sum(dim=(1, 2), keepdim=True) / weight.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+    return mean, root_mean_square(target - mean, weight)
+
+
 def masked_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
                 centre: bool = False):
     """Mean squared error between `predicted` [B, T, V, 2] and `target` [B, T, V, 2] normalised per
     sequence, over the entries that are hidden (`mask` [B, T, V]) and valid (`valid` [B, T, V]) only. The
-    normalisation uses those same entries, so nothing else reaches the loss: with `centre` their mean
-    (of x and of y) is subtracted first; then the target is divided by its root mean square. Returns
+    normalisation (`normalisation`) uses those same entries, so nothing else reaches the loss. Returns
     (loss, number of entries it averages)."""
     weight = (valid & mask)[..., None].expand_as(target).float()  # [B, T, V, 2]
-    if centre:
-        mean = (target * weight).sum(dim=(1, 2), keepdim=True) / weight.sum(dim=(1, 2), keepdim=True).clamp(min=1)
-        target = target - mean  # [B, 1, 1, 2] subtracted
-    target = target / root_mean_square(target, weight)
+    mean, scale = normalisation(target, weight, centre)
+    target = (target - mean) / scale
     entries = weight.sum()
     loss = (((predicted - target) ** 2) * weight).sum() / entries.clamp(min=1)
     return loss, int(entries)

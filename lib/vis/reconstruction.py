@@ -25,7 +25,7 @@ from lib.data.pyskl import load_store
 from lib.engine.checkpoint import read_state_dict
 from lib.engine.pretraining import MaskedMotionTask
 from lib.errors import UserError
-from lib.model.masked_motion import joint_motion, motion_aware_mask, pretraining_loss, root_mean_square
+from lib.model.masked_motion import joint_motion, motion_aware_mask, normalisation, pretraining_loss
 from lib.vis.attention import new_figure, select_samples
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,13 @@ def reconstruct(model, clip: np.ndarray, cfg: Config, frame_dir: str, seed: int 
         mask = motion_aware_mask(sequences, p.mask_ratio, p.segment, p.tau)
     predicted = model(x, mask).float()  # [M, T, V, 4]
     loss, _ = pretraining_loss(predicted[:1], sequences[:1], mask[:1], p.segment)
-    pose, present = sequences[0, ..., :2], sequences[0, ..., 2] > 0
+    pose, present = sequences[:1, ..., :2], sequences[:1, ..., 2] > 0  # [1, T, V, 2], [1, T, V]
     move, move_valid = joint_motion(sequences[:1], p.segment)
-    weight = (present & mask[0])[..., None].expand_as(pose).float()
-    mean = (pose * weight).sum(dim=(0, 1)) / weight.sum(dim=(0, 1)).clamp(min=1)  # [2]
-    position_scale = root_mean_square((pose - mean)[None], weight[None])[0]
-    move_scale = root_mean_square(move, (move_valid & mask[:1])[..., None].expand_as(move).float())[0]
-    return Reconstruction(frame_dir, pose.numpy(), present.numpy(), mask[0].numpy(),
-                          (predicted[0, ..., :2] * position_scale + mean).numpy(),
-                          (predicted[0, ..., 2:] * move_scale).numpy(), move[0].numpy(), move_valid[0].numpy(),
+    mean, position_scale = normalisation(pose, (present & mask[:1])[..., None].expand_as(pose).float(), centre=True)
+    _, move_scale = normalisation(move, (move_valid & mask[:1])[..., None].expand_as(move).float(), centre=False)
+    return Reconstruction(frame_dir, pose[0].numpy(), present[0].numpy(), mask[0].numpy(),
+                          (predicted[0, ..., :2] * position_scale[0] + mean[0]).numpy(),
+                          (predicted[0, ..., 2:] * move_scale[0]).numpy(), move[0].numpy(), move_valid[0].numpy(),
                           float(loss))
 
 
