@@ -179,7 +179,7 @@ def throughput_step(batch: int, steps: int, quick: bool) -> dict:
     seconds = statistics.median(times)
     return {"batch": batch, "frames": cfg.data.clip_len, "dim": cfg.model.dim_rep, "depth": cfg.model.depth,
             "decoder_dim": cfg.pretrain.decoder_dim, "decoder_depth": cfg.pretrain.decoder_depth,
-            "micro_batch": 0, "step_seconds": seconds, "step_seconds_each": times,
+            "micro_batch": model.micro_batch, "step_seconds": seconds, "step_seconds_each": times,
             "clips_per_second": batch / seconds, "peak_memory_bytes": peak_rss_bytes()}
 
 

@@ -144,6 +144,41 @@ def data_table(reports: dict[str, dict]) -> str:
     return table(["data pipeline"] + runs, rows)
 
 
+def pretrain_tables(report: dict) -> str:
+    """The comparison (bench_pretrain.py) and the pretraining throughput, whichever the file holds."""
+    parts = []
+    if "comparison" in report:
+        c = report["comparison"]
+        rows = [[f"{100 * r['label_fraction']:.0f}%", r["method"], " / ".join(f"{v:.2f}" for v in r["top1_last"]),
+                 f"{r['top1_last_mean']:.2f}", f"{r['top1_best_mean']:.2f}"] for r in c["table"]]
+        epochs = sorted({(r["label_fraction"], r["epochs"]) for r in c["runs"]})
+        curve = c.get("pretrain_curve") or []
+        loss = (f"; pretraining loss (position + motion) {curve[0]['loss']:.3f} at epoch 1, {curve[-1]['loss']:.3f} "
+                f"(position {curve[-1]['position_loss']:.3f}, motion {curve[-1]['motion_loss']:.3f}) at epoch "
+                f"{len(curve)}" if curve else "")
+        parts.append(f"{c['preset']} preset, {c['samples']} samples, {c['classes_present']} classes (chance "
+                     f"{c['chance_top1']:.0f}%); pretraining {c['pretrain_epochs']} epochs{loss}; training epochs "
+                     + ", ".join(f"{e} with {100 * f:.0f}% of the labels" for f, e in epochs) + "\n\n"
+                     + table(["labels", "method", "top-1, last epoch (per seed)", "mean", "mean of the best epochs"],
+                             rows))
+    if report.get("throughput"):
+        rows = [[str(r["batch"]), f"T={r['frames']}, C={r['dim']}, depth {r['depth']}, decoder {r['decoder_dim']} x "
+                 f"{r['decoder_depth']}", "whole batch" if not 0 < r["micro_batch"] < r["batch"]
+                 else f"micro-batches of {r['micro_batch']}", f"{r['step_seconds']:.2f} s",
+                 f"{r['clips_per_second']:.3f}", f"{r['peak_memory_bytes'] / GIB:.2f} GiB",
+                 f"{load(r.get('load_average_start'))} / {load(r.get('load_average_end'))}",
+                 f"{r.get('other_cpu_seconds', float('nan')):.1f}"] for r in report["throughput"]]
+        parts.append(table(["batch", "size", "backbone passes", "time a step", "clips/s", "peak RSS",
+                            "load at start / end", "CPU s of other processes"], rows))
+    if "variants" in report:
+        rows = [[v["target"], f"{100 * v['mask_ratio']:.0f}%", name, " ".join(f"{x:.3f}" for x in values)]
+                for v in report["variants"] for name, values in v["means"].items()]
+        window = report["variants"][0]["window"]
+        parts.append(f"{report['clips']} clips, batch {report['batch_size']}, lr {report['lr']}; mean of each term over "
+                     f"every {window} steps\n\n" + table(["target", "hidden", "term", f"means over {window} steps"], rows))
+    return "\n\n".join(parts)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -166,6 +201,11 @@ def main():
                 print(f"### Micro-batches\n\n{infer_micro_table(report)}\n")
             if "ms" in report:
                 print(f"### Engines and malloc\n\n{infer_engine_tables(report)}\n")
+    for name, report in files.items():
+        if name.startswith("pretrain"):
+            print(f"## Pretraining ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"
+                  f"{pretrain_tables(report)}\n")
+
 
 if __name__ == "__main__":
     main()
