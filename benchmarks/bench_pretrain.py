@@ -10,8 +10,11 @@ each with a share of the training labels (label_fraction: 10% and 100% by defaul
 and two seeds. Prints a table and writes JSON. The runs are the real commands (pretrain_action.py,
 train_action.py) in subprocesses on the demo configs (configs/pretrain/pretrain_demo.yaml,
 configs/action/demo_synthetic.yaml), with `--set` overrides only for the data, the epochs, the seed and
-the protocol switches. Top-1 is reported at the last epoch (`top1_last`, the table) and at the best
-epoch (`top1_best`, selected on the validation split as the training command does).
+the protocol switches. Top-1 is recorded after every epoch (`top1_by_epoch`); the table gives it after a
+quarter, a half and all of the epochs. The learning rate decays by a fixed factor each epoch whatever
+the number of epochs, so the first E epochs of a run are exactly a run of E epochs: each column is a
+comparison at an equal budget of E epochs. `top1_best` is the best epoch's (selected on the validation
+split, as the training command does).
 
     python benchmarks/bench_pretrain.py [--quick] [--preset demo] [--samples 900] [--pretrain-epochs 40]
         [--epochs 10] [--few-label-epochs 40] [--fractions 0.1 1.0] [--seeds 0 1] [--jobs 2]
@@ -84,7 +87,8 @@ def training_run(method: str, fraction: float, seed: int, epochs: int, data: lis
     seconds = run_command(argv, threads)
     records = read_metrics(out)
     return {"method": method, "label_fraction": fraction, "seed": seed, "epochs": epochs,
-            "top1_last": records[-1]["val_top1"], "top1_best": max(r["val_top1"] for r in records),
+            "top1_by_epoch": [r["val_top1"] for r in records], "top1_last": records[-1]["val_top1"],
+            "top1_best": max(r["val_top1"] for r in records),
             "train_top1_last": records[-1]["train_top1"], "seconds": seconds}
 
 
@@ -126,14 +130,22 @@ def comparison(args, work: Path) -> dict:
             "table": summary_table(runs)}
 
 
+def budgets(epochs: int) -> list[int]:
+    """A quarter, a half and all of the epochs (without repeats)."""
+    return sorted({max(1, round(epochs / 4)), max(1, round(epochs / 2)), epochs})
+
+
 def summary_table(runs: list[dict]) -> list[dict]:
-    """Per (label fraction, method): the last-epoch top-1 of each seed, their mean, the mean best top-1."""
+    """Per (label fraction, method): the mean top-1 over the seeds after each budget of epochs, the
+    last epoch's top-1 of each seed, and the mean of the best epochs' top-1."""
     rows = []
     for fraction in sorted({r["label_fraction"] for r in runs}):
         for method in METHODS:
             chosen = [r for r in runs if r["label_fraction"] == fraction and r["method"] == method]
             if chosen:
                 rows.append({"label_fraction": fraction, "method": method, "seeds": [r["seed"] for r in chosen],
+                             "top1_mean_after": {str(e): statistics.mean(r["top1_by_epoch"][e - 1] for r in chosen)
+                                                 for e in budgets(chosen[0]["epochs"])},
                              "top1_last": [r["top1_last"] for r in chosen],
                              "top1_last_mean": statistics.mean(r["top1_last"] for r in chosen),
                              "top1_best_mean": statistics.mean(r["top1_best"] for r in chosen)})
@@ -141,10 +153,12 @@ def summary_table(runs: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict]):
-    print(f"\n{'labels':>6} | {'method':9} | {'top-1, last epoch (per seed)':30} | {'mean':>6} | {'mean best':>9}")
+    print(f"\n{'labels':>6} | {'method':9} | {'mean top-1 after E epochs':32} | {'last epoch, per seed':22} | "
+          f"{'mean best':>9}")
     for row in rows:
+        after = ", ".join(f"E={e}: {v:.2f}" for e, v in row["top1_mean_after"].items())
         seeds = ", ".join(f"{v:.2f}" for v in row["top1_last"])
-        print(f"{100 * row['label_fraction']:5.0f}% | {row['method']:9} | {seeds:30} | {row['top1_last_mean']:6.2f} | "
+        print(f"{100 * row['label_fraction']:5.0f}% | {row['method']:9} | {after:32} | {seeds:22} | "
               f"{row['top1_best_mean']:9.2f}")
 
 

@@ -149,8 +149,9 @@ def pretrain_tables(report: dict) -> str:
     parts = []
     if "comparison" in report:
         c = report["comparison"]
-        rows = [[f"{100 * r['label_fraction']:.0f}%", r["method"], " / ".join(f"{v:.2f}" for v in r["top1_last"]),
-                 f"{r['top1_last_mean']:.2f}", f"{r['top1_best_mean']:.2f}"] for r in c["table"]]
+        rows = [[f"{100 * r['label_fraction']:.0f}%", r["method"],
+                 ", ".join(f"{e}: **{v:.2f}**" for e, v in r["top1_mean_after"].items()),
+                 " / ".join(f"{v:.2f}" for v in r["top1_last"]), f"{r['top1_best_mean']:.2f}"] for r in c["table"]]
         epochs = sorted({(r["label_fraction"], r["epochs"]) for r in c["runs"]})
         curve = c.get("pretrain_curve") or []
         loss = (f"; pretraining loss (position + motion) {curve[0]['loss']:.3f} at epoch 1, {curve[-1]['loss']:.3f} "
@@ -159,7 +160,8 @@ def pretrain_tables(report: dict) -> str:
         parts.append(f"{c['preset']} preset, {c['samples']} samples, {c['classes_present']} classes (chance "
                      f"{c['chance_top1']:.0f}%); pretraining {c['pretrain_epochs']} epochs{loss}; training epochs "
                      + ", ".join(f"{e} with {100 * f:.0f}% of the labels" for f, e in epochs) + "\n\n"
-                     + table(["labels", "method", "top-1, last epoch (per seed)", "mean", "mean of the best epochs"],
+                     + table(["labels", "method", "mean top-1 after E epochs (E: top-1)", "last epoch, per seed",
+                              "mean of the best epochs"],
                              rows))
     if report.get("throughput"):
         rows = [[str(r["batch"]), f"T={r['frames']}, C={r['dim']}, depth {r['depth']}, decoder {r['decoder_dim']} x "

@@ -123,6 +123,8 @@ def test_bench_pretrain_quick_compares_the_three_protocols_and_times_pretraining
     assert [(r["method"], r["label_fraction"], r["seed"]) for r in runs] == [
         ("scratch", 0.5, 0), ("probe", 0.5, 0), ("finetuned", 0.5, 0)]
     assert all(0 <= r["top1_last"] <= r["top1_best"] <= 100 for r in runs)
+    assert all(r["top1_by_epoch"] == [r["top1_last"]] for r in runs)  # one epoch
+    assert all(set(row["top1_mean_after"]) == {"1"} for row in comparison["table"])
     assert [row["method"] for row in comparison["table"]] == ["scratch", "probe", "finetuned"]
     assert set(comparison["pretrain_curve"][0]) == {"loss", "position_loss", "motion_loss"}
     # the probe's backbone is the pretrained one, untouched; the finetuned run started from it and moved
