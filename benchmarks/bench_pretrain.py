@@ -18,7 +18,8 @@ split, as the training command does).
 
     python benchmarks/bench_pretrain.py [--quick] [--preset demo] [--samples 900] [--pretrain-epochs 40]
         [--epochs 10] [--few-label-epochs 40] [--fractions 0.1 1.0] [--seeds 0 1] [--jobs 2]
-        [--throughput-batches 4 8] [--skip-comparison] [--work DIR] [--out benchmarks/results/pretrain.json]
+        [--throughput-batches 4 8] [--skip-comparison] [--work DIR] [--pretrained RUN]
+        [--out benchmarks/results/pretrain.json]
 
 Throughput: pretraining steps (masking, forward, loss, backward, AdamW) at the published size
 (configs/pretrain/pretrain_NTU60_xsub_small.yaml: T=243, C=128, depth 6, decoder 128 x 2) on random clips
@@ -99,16 +100,20 @@ def comparison(args, work: Path) -> dict:
     pickle_path = data_root / f"bench_{args.preset}.pkl"
     synthetic.write_pickle(synthetic.generate(args.preset, seed=0, num_samples=args.samples), pickle_path)
     data = [f"data_root={data_root}", f"dataset={pickle_path.stem}"] + args.overrides
-    pretrained = work / "pretrain"
-    print(f"pretraining {args.pretrain_epochs} epochs on the training split of {pickle_path.name} "
-          f"({args.samples} samples) ...", flush=True)
-    seconds = run_command(["pretrain_action.py", "--config", PRETRAIN_CONFIG, "--checkpoint", str(pretrained),
-                           *COMMON] + sets(*data, f"epochs={args.pretrain_epochs}"), torch.get_num_threads())
+    if args.pretrained:  # a finished pretraining run of this benchmark, on the same pickle
+        pretrained, seconds = args.pretrained, None
+        print(f"pretrained backbone: {pretrained / 'backbone.bin'}", flush=True)
+    else:
+        pretrained = work / "pretrain"
+        print(f"pretraining {args.pretrain_epochs} epochs on the training split of {pickle_path.name} "
+              f"({args.samples} samples) ...", flush=True)
+        seconds = run_command(["pretrain_action.py", "--config", PRETRAIN_CONFIG, "--checkpoint", str(pretrained),
+                               *COMMON] + sets(*data, f"epochs={args.pretrain_epochs}"), torch.get_num_threads())
     curve = [{key: r[f"train_{key}"] for key in ("loss", "position_loss", "motion_loss")} for r in read_metrics(pretrained)]
     first, last = curve[0], curve[-1]
     print(f"pretraining: loss {first['loss']:.3f} (position {first['position_loss']:.3f}, motion "
           f"{first['motion_loss']:.3f}) at epoch 1 -> {last['loss']:.3f} (position {last['position_loss']:.3f}, "
-          f"motion {last['motion_loss']:.3f}) at epoch {len(curve)}, {seconds:.0f} s", flush=True)
+          f"motion {last['motion_loss']:.3f}) at epoch {len(curve)}", flush=True)
     jobs = [(method, fraction, seed, args.few_label_epochs if fraction < 1 else args.epochs)
             for fraction in args.fractions for seed in args.seeds for method in METHODS]
     threads = max(1, torch.get_num_threads() // args.jobs)
@@ -126,7 +131,9 @@ def comparison(args, work: Path) -> dict:
     runs.sort(key=lambda r: (r["label_fraction"], METHODS.index(r["method"]), r["seed"]))
     classes = len(synthetic.PRESETS[args.preset].actions)
     return {"preset": args.preset, "samples": args.samples, "classes_present": classes, "chance_top1": 100 / classes,
-            "pretrain_epochs": args.pretrain_epochs, "pretrain_curve": curve, "pretrain_seconds": seconds, "parallel_jobs": args.jobs, "threads_per_job": threads, "runs": runs,
+            "pretrain_epochs": len(curve), "pretrain_curve": curve, "pretrain_seconds": seconds,
+            "pretrained_from": str(args.pretrained) if args.pretrained else None, "parallel_jobs": args.jobs,
+            "threads_per_job": threads, "runs": runs,
             "table": summary_table(runs)}
 
 
@@ -234,6 +241,9 @@ def main():
     p.add_argument("--skip-comparison", action="store_true", help="the throughput only")
     p.add_argument("--steps", type=int, default=None, help="timed throughput steps (default 2, 1 with --quick)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default a fresh one under /tmp)")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="use this finished pretraining run (its backbone.bin and metrics.jsonl; made by this script "
+                        "with the same --preset, --samples and --set) instead of pretraining again")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default benchmarks/results/pretrain.json; --quick writes only where --out says)")
     p.add_argument("--throughput-child", type=int, default=None, help=argparse.SUPPRESS)  # internal: one batch
