@@ -109,7 +109,8 @@ def comparison(args, work: Path) -> dict:
               f"({args.samples} samples) ...", flush=True)
         seconds = run_command(["pretrain_action.py", "--config", PRETRAIN_CONFIG, "--checkpoint", str(pretrained),
                                *COMMON] + sets(*data, f"epochs={args.pretrain_epochs}"), torch.get_num_threads())
-    curve = [{key: r[f"train_{key}"] for key in ("loss", "position_loss", "motion_loss")} for r in read_metrics(pretrained)]
+    curve = [{key: r[f"train_{key}"] for key in ("loss", "position_loss", "motion_loss")}
+             for r in read_metrics(pretrained)]
     first, last = curve[0], curve[-1]
     print(f"pretraining: loss {first['loss']:.3f} (position {first['position_loss']:.3f}, motion "
           f"{first['motion_loss']:.3f}) at epoch 1 -> {last['loss']:.3f} (position {last['position_loss']:.3f}, "

@@ -160,7 +160,8 @@ def draw_reconstructions(cfg: Config, checkpoint, path, samples=None, clips: int
     indices = select_samples(dataset, samples) if samples else list(range(min(clips, len(dataset))))
     rows = [reconstruct(model, dataset.clip(i), cfg, str(dataset.frame_dirs[i]), seed) for i in indices]
     path = Path(path)
+    p = cfg.pretrain
     save_picture(rows, path, f"masked motion prediction: {Path(checkpoint).name}, {dataset.split}, "
-                             f"{100 * cfg.pretrain.mask_ratio:.0f}% of the tokens hidden, {cfg.pretrain.segment} frames a token")
+                             f"{100 * p.mask_ratio:.0f}% of the tokens hidden, {p.segment} frames a token")
     log.info(f"reconstructions of {len(rows)} validation clips: {path}")
     return path
