@@ -150,7 +150,7 @@ def pretrain_tables(report: dict) -> str:
     if "comparison" in report:
         c = report["comparison"]
         rows = [[f"{100 * r['label_fraction']:.0f}%", r["method"],
-                 ", ".join(f"{e}: **{v:.2f}**" for e, v in r["top1_mean_after"].items()),
+                 ", ".join(f"{e}: {v:.2f}" for e, v in r["top1_mean_after"].items()),
                  " / ".join(f"{v:.2f}" for v in r["top1_last"]), f"{r['top1_best_mean']:.2f}"] for r in c["table"]]
         epochs = sorted({(r["label_fraction"], r["epochs"]) for r in c["runs"]})
         curve = c.get("pretrain_curve") or []
