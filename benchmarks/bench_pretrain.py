@@ -237,7 +237,8 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra overrides for pretraining and training, e.g. clip_len=64 (with maxlen=64)")
-    p.add_argument("--jobs", type=int, default=2, help="training runs at once (they share the cores)")
+    p.add_argument("--jobs", type=int, default=None, help="training runs at once, sharing the cores (default 2; "
+                                                           "3 with --quick, whose runs are mostly start-up)")
     p.add_argument("--throughput-batches", type=int, nargs="*", default=None, help="default 4 8; none: skip")
     p.add_argument("--skip-comparison", action="store_true", help="the throughput only")
     p.add_argument("--steps", type=int, default=None, help="timed throughput steps (default 2, 1 with --quick)")
@@ -260,6 +261,7 @@ def main():
     args.few_label_epochs = args.few_label_epochs or (1 if quick else 40)
     args.fractions = args.fractions or ([0.5] if quick else [0.1, 1.0])
     args.seeds = args.seeds or ([0] if quick else [0, 1])
+    args.jobs = args.jobs or (3 if quick else 2)
     if args.throughput_batches is None:
         args.throughput_batches = [2] if quick else [4, 8]
     args.overrides = (["num_workers=0", "batch_size=8"] if quick else ["num_workers=0"]) + args.overrides

@@ -8,7 +8,7 @@ every 50 steps; a normalised target predicted as zero scores 1. Prints and write
 
     python benchmarks/bench_pretrain_targets.py [--quick] [--steps 300] [--out benchmarks/results/pretrain_targets.json]
 
---quick: 4 steps on 60 samples (a smoke run); writes JSON only to --out.
+--quick: 2 steps on 60 samples (a smoke run); writes JSON only to --out.
 """
 import argparse
 import json
@@ -76,8 +76,8 @@ def main():
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_pretrain_targets"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    steps = args.steps or (4 if args.quick else 300)
-    window = 2 if args.quick else 50
+    steps = args.steps or (2 if args.quick else 300)
+    window = 1 if args.quick else 50
     args.work.mkdir(parents=True, exist_ok=True)
     pickle_path = args.work / "targets_demo.pkl"
     synthetic.write_pickle(synthetic.generate("demo", seed=0, num_samples=60 if args.quick else 900), pickle_path)

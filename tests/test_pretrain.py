@@ -158,14 +158,14 @@ def test_backbone_bin_fits_every_finetuning_config(tmp_path):
 
 
 def test_pretraining_loss_falls_within_a_few_steps(data):
-    """The demo's model on 8 clips of 32 frames with 90% of the tokens hidden."""
+    """The demo's model on 8 clips of 16 frames with 90% of the tokens hidden."""
     cfg = load_yaml_config(ROOT / "configs/pretrain/pretrain_demo.yaml", ROOT / HYPER,
-                           overrides=[f"data_root={data}", "dataset=pre_tiny", "decoder_depth=1"])
+                           overrides=[f"data_root={data}", "dataset=pre_tiny", "decoder_depth=1", "clip_len=16"])
     p = cfg.pretrain
     torch.manual_seed(0)
     model = MaskedMotionModel(SkeletonBackbone(backbone_settings(cfg)), p.decoder_dim, p.decoder_depth, p.decoder_heads)
     dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=True)
-    x = torch.from_numpy(np.stack([dataset.clip(i) for i in range(8)]))  # [8, 2, 32, V, 3]
+    x = torch.from_numpy(np.stack([dataset.clip(i) for i in range(8)]))  # [8, 2, 16, V, 3]
     sequences = x.flatten(0, 1)
     mask = motion_aware_mask(sequences, p.mask_ratio, p.segment, p.tau)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

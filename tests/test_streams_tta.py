@@ -607,7 +607,22 @@ def test_save_scores_and_ensemble(setup, evaluations):
     np.testing.assert_allclose(out_shuffled["probabilities"], out["probabilities"], rtol=0, atol=1e-7)
 
 
-def test_ensemble_errors_are_one_line(setup, evaluations):
+def run_evaluate_in_process(argv, capsys, monkeypatch):
+    """evaluate_action.py's main in this process, as `python evaluate_action.py ARGV` runs it (run_main
+    turns a user error into one line on stderr and exit status 2); its status and output."""
+    import evaluate_action
+    from lib.cli import run_main
+
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    status = run_main(evaluate_action.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, status, captured.out, captured.err)
+
+
+def test_ensemble_errors_are_one_line(setup, evaluations, capsys, monkeypatch):
+    """Run in this process, for speed; tests/test_vis.py::test_bad_input_in_a_real_process checks that a
+    real process prints such an error as one line, without a traceback."""
     scores, tmp = evaluations["scores"], setup["tmp"] / "fusion_errors"
     tmp.mkdir()
     a_path = scores / "A.npz"
@@ -635,7 +650,6 @@ def test_ensemble_errors_are_one_line(setup, evaluations):
         "not_scores": (ensemble_argv(setup, tmp / "out_not_scores", a_path, tmp / "not_scores.npz"),
                        ("not_scores.npz",)),
     }
-    results = run_all({name: ("evaluate_action.py", argv) for name, (argv, _) in cases.items()})
-    for name, (_, fragments) in cases.items():
-        assert_one_line_error(results[name], *fragments)
+    for name, (argv, fragments) in cases.items():
+        assert_one_line_error(run_evaluate_in_process(argv, capsys, monkeypatch), *fragments)
         assert not (tmp / f"out_{name}").exists(), name  # nothing written
