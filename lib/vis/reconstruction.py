@@ -129,17 +129,14 @@ def save_picture(rows: list[Reconstruction], path: Path, title: str):
     for i, r in enumerate(rows):
         frames = keyframes(r)
         bottom = 1 - (TITLE_PX + (i + 1) * ROW_PX[1]) / size[1]
-        for column, name in enumerate(COLUMNS):
+        hidden_share = 100 * r.hidden[r.present].mean() if r.present.any() else 0.0
+        titles = (f"{r.frame_dir}: {COLUMNS[0]}, {hidden_share:.0f}% hidden", f"{COLUMNS[1]}, loss {r.loss:.3f}",
+                  COLUMNS[2])
+        for column, title in enumerate(titles):
             ax = fig.add_axes((column / 3 + 0.005, bottom + 0.02 * ROW_PX[1] / size[1], 1 / 3 - 0.01,
                                0.86 * ROW_PX[1] / size[1]))
             draw_filmstrip(ax, r, frames, column)
-            hidden_share = 100 * r.hidden[r.present].mean() if r.present.any() else 0.0
-            label = f"{r.frame_dir}: {name}" if column == 0 else name
-            if column == 1:
-                label += f", loss {r.loss:.3f}"
-            if column == 0:
-                label += f", {hidden_share:.0f}% hidden"
-            ax.set_title(label, fontsize=9)
+            ax.set_title(title, fontsize=9)
     fig.text(0.5, 1 - 8 / size[1], title, ha="center", va="top", fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
