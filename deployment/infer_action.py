@@ -15,8 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib.cli import run_main  # noqa: E402
-from lib.deploy.inference import (DEFAULT_IMG_SHAPE, OnnxActionModel, predict, read_array_file,  # noqa: E402
-                                  read_json_file, read_pickle_sample)
+from lib.data.keypoint_files import (DEFAULT_IMG_SHAPE, read_array_file, read_json_file,  # noqa: E402
+                                     read_pickle_sample)
+from lib.deploy.inference import OnnxActionModel, predict  # noqa: E402
 
 
 def parse_args(argv):

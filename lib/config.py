@@ -43,7 +43,8 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
 class DataConfig:
     dataset: str = "ntu60_hrnet"  # pickle stem: {data_root}/{dataset}.pkl
     data_root: str = "data/action"
-    data_split: Literal["xsub", "xview", "xset"] = "xsub"
+    # Splits {data_split}_train / _val of the pickle; custom: the split lib/data/build_dataset.py wrote.
+    data_split: Literal["xsub", "xview", "xset", "custom"] = "xsub"
     action_classes: int = field(default=60, metadata=_range(2))
     clip_len: int = field(default=243, metadata=_range(1))
     random_move: bool = True

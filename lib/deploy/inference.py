@@ -1,24 +1,14 @@
-"""CPU inference with ONNX Runtime on COCO-17 keypoints (no torch): read keypoints from a PYSKL pickle,
-a .npz/.npy array or a pose estimator's JSON, make clips with exactly the validation preprocessing
-(lib.data.preprocess.make_clip) and classify them."""
+"""CPU inference with ONNX Runtime on COCO-17 keypoints (no torch): make clips with exactly the validation
+preprocessing (lib.data.preprocess.make_clip) and classify them. Keypoint files are read by
+lib.data.keypoint_files."""
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lib.data.keypoint_files import Keypoints
 from lib.data.preprocess import make_clip
 from lib.errors import UserError
-
-DEFAULT_IMG_SHAPE = (1080, 1920)  # (height, width) of the NTU videos
-
-
-@dataclass
-class Keypoints:
-    keypoint: np.ndarray  # [M, T, 17, 2] pixels, COCO-17 order
-    score: np.ndarray  # [M, T, 17]
-    img_hw: tuple
-    label: int = None  # known only for pickle samples
 
 
 class OnnxActionModel:
@@ -92,102 +82,3 @@ def predict(model: OnnxActionModel, keypoints: Keypoints, window: int = None, st
             "probabilities": probs,
         })
     return results
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Input formats
-
-
-def _checked(keypoint, score, img_hw, source: str, label=None) -> Keypoints:
-    keypoint, score = np.asarray(keypoint, dtype=np.float32), np.asarray(score, dtype=np.float32)
-    if keypoint.ndim == 3:  # one person [T, 17, 2]
-        keypoint, score = keypoint[None], score[None]
-    if keypoint.ndim != 4 or keypoint.shape[2:] != (17, 2) or score.shape != keypoint.shape[:3]:
-        raise UserError(f"{source}: expected COCO-17 keypoints [M, T, 17, 2] with scores [M, T, 17], "
-                        f"got {keypoint.shape} and {score.shape}")
-    if keypoint.shape[0] == 0 or keypoint.shape[1] == 0:
-        raise UserError(f"{source}: no frames or no persons")
-    if not (np.isfinite(keypoint).all() and np.isfinite(score).all()):
-        raise UserError(f"{source}: NaN or infinite keypoints")
-    return Keypoints(keypoint, score, tuple(int(v) for v in img_hw), label)
-
-
-def read_pickle_sample(path, frame_dir: str) -> Keypoints:
-    """A sample of a PYSKL pickle, read through the restricted unpickler."""
-    from lib.data.pyskl import read_pickle
-
-    for ann in read_pickle(path)["annotations"]:
-        if ann.get("frame_dir") == frame_dir:
-            return _checked(ann["keypoint"], ann["keypoint_score"], ann["img_shape"], f"{path}:{frame_dir}",
-                            int(ann["label"]))
-    raise UserError(f"sample '{frame_dir}' is not in {path}")
-
-
-def read_array_file(path, img_hw) -> Keypoints:
-    """.npz with `keypoint` [M, T, 17, 2] (or [T, 17, 2]) and `keypoint_score` (optional `img_shape`),
-    or .npy [M, T, 17, 3] / [T, 17, 3] holding x, y, score."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"keypoint file not found: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
-    if path.suffix == ".npz":
-        missing = {"keypoint", "keypoint_score"} - set(data.files)
-        if missing:
-            raise UserError(f"{path} lacks {', '.join(sorted(missing))}: expected arrays keypoint [M, T, 17, 2] "
-                            "and keypoint_score [M, T, 17]")
-        img = tuple(data["img_shape"]) if "img_shape" in data.files else img_hw
-        return _checked(data["keypoint"], data["keypoint_score"], img, str(path))
-    if data.ndim not in (3, 4) or data.shape[-1] != 3:
-        raise UserError(f"{path}: expected [M, T, 17, 3] or [T, 17, 3] (x, y, score), got {data.shape}")
-    return _checked(data[..., :2], data[..., 2], img_hw, str(path))
-
-
-def _person_keypoints(person, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """One detected person -> ([17, 2], [17]). Accepts COCO results ('keypoints': 51 numbers x, y, score)
-    and MMPose ('keypoints': 17 [x, y] pairs, 'keypoint_scores': 17 numbers)."""
-    if not isinstance(person, dict) or "keypoints" not in person:
-        raise UserError(f"{source}: every person needs 'keypoints'")
-    points = np.asarray(person["keypoints"], dtype=np.float32)
-    if points.shape == (51,):
-        points = points.reshape(17, 3)
-        return points[:, :2], points[:, 2]
-    if points.shape == (17, 2) and "keypoint_scores" in person:
-        return points, np.asarray(person["keypoint_scores"], dtype=np.float32).reshape(17)
-    if points.shape == (17, 3):
-        return points[:, :2], points[:, 2]
-    raise UserError(f"{source}: 'keypoints' must be 51 numbers (x, y, score per COCO joint) or 17 [x, y] "
-                    f"pairs with 'keypoint_scores'; got shape {points.shape}")
-
-
-def read_json_file(path, img_hw) -> Keypoints:
-    """Per-frame COCO-17 detections: a list of frames (or {'frames': [...], 'img_shape': [h, w]}); a frame is
-    a list of persons or a dict with 'instances' (MMPose) or 'persons'. Persons are stacked in the order
-    given; the preprocessing keeps the two most confident and tracks them."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"keypoint file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: not valid JSON ({' '.join(str(e).split())[:120]})") from None
-    if isinstance(data, dict):
-        img_hw = tuple(data.get("img_shape", img_hw))
-        data = data.get("frames")
-    if not isinstance(data, list) or not data:
-        raise UserError(f"{path}: expected a non-empty list of frames")
-    frames = []
-    for i, frame in enumerate(data):
-        persons = frame.get("instances", frame.get("persons")) if isinstance(frame, dict) else frame
-        if not isinstance(persons, list):
-            raise UserError(f"{path}: frame {i} must be a list of persons (or have 'instances' / 'persons')")
-        frames.append([_person_keypoints(p, f"{path}: frame {i}") for p in persons])
-    num_persons = max(1, max(len(f) for f in frames))
-    keypoint = np.zeros((num_persons, len(frames), 17, 2), dtype=np.float32)
-    score = np.zeros((num_persons, len(frames), 17), dtype=np.float32)
-    for t, persons in enumerate(frames):
-        for m, (points, scores) in enumerate(persons):
-            keypoint[m, t], score[m, t] = points, scores
-    return _checked(keypoint, score, img_hw, str(path))
