@@ -1,5 +1,6 @@
-"""The H36M-17 skeleton every clip uses after COCO-17 conversion: names, tree, sides, adjacency.
-numpy only; shared by the data pipeline, the model and the visualisation."""
+"""The H36M-17 skeleton every clip uses after COCO-17 conversion: names, tree, sides, adjacency; and the
+COCO-17 bones of the raw keypoints, for drawing them on video frames. numpy only; shared by the data
+pipeline, the model and the visualisation."""
 import numpy as np
 
 H36M_JOINT_NAMES = (
@@ -13,6 +14,10 @@ H36M_LEFT = (4, 5, 6, 11, 12, 13)
 H36M_RIGHT = (1, 2, 3, 14, 15, 16)
 H36M_MIRROR = tuple(H36M_RIGHT[H36M_LEFT.index(j)] if j in H36M_LEFT else
                     H36M_LEFT[H36M_RIGHT.index(j)] if j in H36M_RIGHT else j for j in range(NUM_JOINTS))  # left <-> right
+# COCO-17: 0 nose, 1/2 left/right eye, 3/4 ears, 5/6 shoulders, 7/8 elbows, 9/10 wrists, 11/12 hips,
+# 13/14 knees, 15/16 ankles.
+COCO_BONES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
+              (11, 12), (11, 13), (13, 15), (12, 14), (14, 16))
 H36M_BONES = tuple((child, parent) for child, parent in enumerate(H36M_PARENTS) if parent >= 0)  # 16 bones
 
 

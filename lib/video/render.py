@@ -1,0 +1,85 @@
+"""Drawing on video frames (OpenCV): tracked skeletons, the top classes of the current window, and a
+timeline picture of the class probabilities over time (matplotlib)."""
+import numpy as np
+
+from lib.skeleton import COCO_BONES
+from lib.video.frames import require_cv2
+
+PERSON_COLOURS = ((0, 200, 255), (255, 160, 0), (80, 220, 80), (220, 80, 220), (200, 200, 200))  # BGR
+MIN_DRAWN_SCORE = 0.3
+
+
+def draw_skeletons(frame: np.ndarray, keypoint: np.ndarray, score: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """Draw persons [P, 17, 2] with scores [P, 17] into the BGR frame (in place; returned); person p in
+    colour p. Joints scored below MIN_DRAWN_SCORE are left out."""
+    cv2 = require_cv2()
+    for p, (points, scores) in enumerate(zip(keypoint, score)):
+        colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
+        seen = scores >= MIN_DRAWN_SCORE
+        pixel = np.round(points).astype(int)
+        for a, b in COCO_BONES:
+            if seen[a] and seen[b]:
+                cv2.line(frame, tuple(pixel[a]), tuple(pixel[b]), colour, thickness, cv2.LINE_AA)
+        for j in np.flatnonzero(seen):
+            cv2.circle(frame, tuple(pixel[j]), thickness + 1, colour, -1, cv2.LINE_AA)
+    return frame
+
+
+def draw_top_classes(frame: np.ndarray, top: list) -> np.ndarray:
+    """Write the top classes ([{'name', 'probability'}, ...]) in the frame's top-left corner (in place)."""
+    cv2 = require_cv2()
+    scale = max(frame.shape[0] / 720, 0.35)
+    line = int(28 * scale) + 4
+    for rank, entry in enumerate(top):
+        text = f"{100 * entry['probability']:5.1f}% {entry['name']}"
+        origin = (8, line * (rank + 1))
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return frame
+
+
+def window_of_frame(predictions: list, t: int) -> dict:
+    """The prediction to show at frame t: among the windows holding t, the one whose centre is nearest;
+    before the first window, the first; after the last, the last."""
+    holding = [p for p in predictions if p["frames"][0] <= t < p["frames"][1]]
+    if not holding:
+        return predictions[0] if t < predictions[0]["frames"][0] else predictions[-1]
+    return min(holding, key=lambda p: abs((p["frames"][0] + p["frames"][1]) / 2 - t))
+
+
+def render_video(frames, keypoint: np.ndarray, score: np.ndarray, predictions: list, writer, top_k: int = 3) -> int:
+    """Write every frame with its tracked skeletons (keypoint [M, T, 17, 2], score [M, T, 17]) and the top
+    classes of its window; returns the number of frames written."""
+    count = 0
+    for t, frame in enumerate(frames):
+        if t < keypoint.shape[1]:
+            draw_skeletons(frame, keypoint[:, t], score[:, t])
+        draw_top_classes(frame, window_of_frame(predictions, t)["top"][:top_k])
+        writer.write(frame)
+        count += 1
+    writer.close()
+    return count
+
+
+def draw_timeline(predictions: list, class_names: list, fps: float, path, num_classes: int = 5):
+    """A PNG of the probability of the `num_classes` classes that reach the highest probability, against
+    the time of each window's centre."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probabilities = np.stack([np.asarray(p["probabilities"]) for p in predictions])  # [windows, K]
+    seconds = np.array([(p["frames"][0] + p["frames"][1]) / 2 / fps for p in predictions])
+    shown = np.argsort(-probabilities.max(axis=0))[:num_classes]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for k in shown:
+        ax.plot(seconds, probabilities[:, k], marker="o" if len(seconds) < 30 else None, label=class_names[k])
+    ax.set_xlabel("time of the window's centre (s)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
