@@ -42,7 +42,7 @@ class Row:
     line: int  # line of the CSV file
     name: str  # as written: a file name or stem in the keypoint folder
     label: str
-    group: str = None  # the split (train / val) or the subject, when the CSV has that column
+    group: str | None = None  # the split (train / val) or the subject, when the CSV has that column
 
 
 def sample_name(name: str) -> str:
@@ -51,7 +51,7 @@ def sample_name(name: str) -> str:
     return name[:-len(suffix)] if suffix in EXTENSIONS else name
 
 
-def read_rows(path: Path) -> tuple[list[Row], str]:
+def read_rows(path: Path) -> tuple[list[Row], str | None]:
     """The rows of the labels CSV and its split column ('split', 'subject' or None), each row checked."""
     if not path.is_file():
         raise UserError(f"labels CSV not found: {path} (columns name,label and optionally split or subject)")
@@ -101,13 +101,15 @@ def read_class_names(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"class names file not found: {path} (one class name a line, line k = class k-1)")
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"{path} is empty; write one class name a line")
     repeated = [name for name, count in Counter(names).items() if count > 1]
     if repeated:
         raise UserError(f"{path} names the class '{repeated[0]}' twice; every class needs its own name")
     return names
 
 
-def label_ids(rows: list[Row], path: Path, class_names_file) -> tuple[list[int], list[str]]:
+def label_ids(rows: list[Row], path: Path, class_names_file: Path | None) -> tuple[list[int], list[str]]:
     """(each row's 0-based label, the class names): integer ids as written, named 'class k' or by the class
     names file; or class names, numbered in sorted order or in the class names file's order."""
     is_id = [CLASS_ID.fullmatch(row.label) is not None for row in rows]
@@ -116,7 +118,7 @@ def label_ids(rows: list[Row], path: Path, class_names_file) -> tuple[list[int],
         if row_is_id != is_id[0]:
             raise UserError(f"{path}:{row.line}: label '{row.label}' is {kinds[row_is_id]}, but {path}:{rows[0].line} "
                             f"has {kinds[is_id[0]]}; use class names in every row or 0-based class ids in every row")
-    names = read_class_names(Path(class_names_file)) if class_names_file else None
+    names = read_class_names(class_names_file) if class_names_file else None
     if is_id[0]:
         ids = [int(row.label) for row in rows]
         num_classes = len(names) if names else max(ids) + 1
@@ -177,7 +179,7 @@ def stratified(rows: list[Row], labels: list[int], classes: list[str], val_fract
     return in_val
 
 
-def assign_splits(rows: list[Row], labels: list[int], classes: list[str], column: str, val_fraction: float,
+def assign_splits(rows: list[Row], labels: list[int], classes: list[str], column: str | None, val_fraction: float,
                   seed: int, path: Path) -> tuple[str, dict]:
     """(data_split, {split name: [frame_dir, ...]} in CSV order) from the CSV's split or subject column,
     or stratified by class."""
@@ -268,7 +270,7 @@ def main(argv=None):
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of validation samples without a split column (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    parser.add_argument("--class-names", default=None,
+    parser.add_argument("--class-names", type=Path, default=None,
                         help="one class name a line: names integer ids (line k = id k-1) or orders named classes")
     parser.add_argument("--base-config", type=Path, default=PROJECT_ROOT / DEFAULT_BASE_CONFIG,
                         help=f"config the written one starts from (default {DEFAULT_BASE_CONFIG})")
