@@ -1,0 +1,121 @@
+"""The real pose backends on real images: run by `make test-video` in .venv-video, the environment the
+Ultralytics backend needs (requirements-yolo.txt); skipped where Ultralytics is not installed (the
+project's .venv). The ONNX model is trained and exported by the project's .venv ($PROJECT_PYTHON)."""
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ultralytics = pytest.importorskip("ultralytics")
+cv2 = pytest.importorskip("cv2")
+
+from lib.cli import run_main  # noqa: E402
+from lib.video.estimators import load_estimator  # noqa: E402
+from lib.video.frames import FrameSource  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(ultralytics.__file__).parent / "assets"
+TINY = ["--set", "epochs=1", "--set", "batch_size=8", "--set", "clip_len=16", "--set", "maxlen=16",
+        "--set", "dim_rep=16", "--set", "num_heads=2", "--set", "hidden_dim=32", "--set", "num_workers=0",
+        "--set", "device=cpu"]
+
+
+def load_script(relative: str):
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def yolo():
+    return load_estimator("yolo")
+
+
+@pytest.mark.parametrize("photo, people", [("bus.jpg", 4), ("zidane.jpg", 2)])
+def test_yolo_finds_the_people_and_their_confident_joints_lie_in_their_boxes(yolo, photo, people, capsys):
+    """Joints scored above 0.5 lie in their person's box, give or take 5% of its size (a limb at the image
+    edge may be placed a few pixels beyond the box)."""
+    image = cv2.imread(str(ASSETS / photo))
+    keypoint, score = yolo(image)
+    boxes = yolo.results(image).boxes.xyxy.cpu().numpy()  # [P, 4], the same persons in the same order
+    confident = score > 0.5
+    with capsys.disabled():
+        print(f"\n{photo}: {len(keypoint)} persons, joints scored above 0.5 per person: {confident.sum(1).tolist()}")
+    assert len(keypoint) >= people and len(boxes) == len(keypoint)
+    assert keypoint.shape[1:] == (17, 2) and score.shape == keypoint.shape[:2]
+    assert (confident.sum(axis=1) >= 5).sum() >= people - 1  # (on bus.jpg one man is cut by the left edge)
+    for points, seen, (x0, y0, x1, y1) in zip(keypoint, confident, boxes):
+        mx, my = 0.05 * (x1 - x0), 0.05 * (y1 - y0)
+        x, y = points[seen, 0], points[seen, 1]
+        assert ((x >= x0 - mx) & (x <= x1 + mx) & (y >= y0 - my) & (y <= y1 + my)).all()
+
+
+@pytest.fixture(scope="module")
+def bus_video(tmp_path_factory):
+    """A real video of real people: a 810 x 720 view panning down bus.jpg, 4 pixels a frame, 40 frames."""
+    image = cv2.imread(str(ASSETS / "bus.jpg"))  # 1080 x 810
+    path = tmp_path_factory.mktemp("bus") / "bus_pan.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (810, 720))
+    for t in range(40):
+        writer.write(np.ascontiguousarray(image[4 * t:4 * t + 720]))
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    """A tiny model trained one epoch on synthetic data and exported, by the project's environment."""
+    python = os.environ.get("PROJECT_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
+    if not Path(python).exists():
+        pytest.skip(f"no project environment at {python} to train the model (make setup)")
+    tmp = tmp_path_factory.mktemp("model")
+    data = ["--set", f"data_root={tmp}", "--set", "dataset=tiny"]
+    steps = [["-m", "lib.data.synthetic", "--preset", "demo", "--num-samples", "60", "--out", tmp / "tiny.pkl"],
+             ["train_action.py", "--config", "configs/action/demo_synthetic.yaml", "--checkpoint", tmp / "run",
+              *data, *TINY],
+             ["deployment/deployment_action.py", "--config", "configs/action/demo_synthetic.yaml",
+              "--evaluate", tmp / "run" / "latest_epoch.bin", "--deployment", tmp / "model.onnx", *data, *TINY]]
+    for step in steps:
+        result = subprocess.run([python, *map(str, step)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return tmp / "model.onnx"
+
+
+def test_a_real_video_through_extraction_tracking_inference_and_rendering(bus_video, onnx_model, tmp_path, capsys):
+    extract_poses = load_script("deployment/extract_poses.py")
+    assert run_main(extract_poses.main, ["--videos", str(bus_video), "--out", str(tmp_path / "keypoints"),
+                                         "--backend", "yolo", "--max-persons", "8"]) == 0
+    summary = capsys.readouterr().out
+    npz = np.load(tmp_path / "keypoints" / "bus_pan.npz")
+    assert tuple(npz["img_shape"]) == (720, 810) and int(npz["total_frames"]) == 40
+    seen = (npz["keypoint_score"].max(axis=2) > 0)  # [M, T]
+    assert seen.sum(axis=0).mean() >= 3.5  # the people of the bus photo in (nearly) every frame
+    long_tracks = (seen.sum(axis=1) >= 36).sum()
+    assert long_tracks >= 3  # identities kept while the view moves
+    report = [summary.strip(), f"tracks: {len(seen)}, frames per track: {seen.sum(axis=1).tolist()}"]
+
+    infer_action = load_script("deployment/infer_action.py")
+    assert run_main(infer_action.main, ["--onnx", str(onnx_model), "--video", str(bus_video), "--backend", "yolo",
+                                        "--window", "16", "--stride", "8", "--render", str(tmp_path / "out.mp4"),
+                                        "--json-out"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [p["frames"] for p in result["predictions"]] == [[0, 16], [8, 24], [16, 32], [24, 40]]
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-4 for p in result["predictions"])
+    assert sum(1 for _ in FrameSource(tmp_path / "out.mp4")) == 40
+    assert cv2.imread(str(tmp_path / "out_timeline.png")) is not None
+    report.append(f"infer_action.py --video: extraction {result['extraction_frames_per_second']:.1f} frames/s; "
+                  f"top-1 per window: {[p['top'][0]['name'] for p in result['predictions']]}")
+
+    assert run_main(infer_action.main, ["--onnx", str(onnx_model), "--stream", str(bus_video), "--backend", "yolo",
+                                        "--window", "16", "--stride", "8", "--json-out"]) == 0
+    streamed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["frames"] for p in streamed] == [[0, 16], [8, 24], [16, 32], [24, 40]]
+    report.append("--stream latency per window (ms): " + ", ".join(f"{p['latency_ms']:.0f}" for p in streamed))
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
+
