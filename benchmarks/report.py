@@ -181,6 +181,22 @@ def pretrain_tables(report: dict) -> str:
     return "\n\n".join(parts)
 
 
+def video_table(report: dict) -> str:
+    """Extraction frames/s and streaming latency per backend (bench_video.py)."""
+    rows = []
+    for name, b in report["backends"].items():
+        if "extraction" not in b:
+            rows.append([f"`{name}`", "not measured: " + b["why"], "", "", "", ""])
+            continue
+        e, s = b["extraction"], b["streaming"]
+        rows.append([f"`{b['backend']}`", f"{e['video']} ({e['height_width'][1]} x {e['height_width'][0]}, "
+                     f"{e['frames']} frames, {e['persons_per_frame']:.1f} persons a frame)",
+                     f"{e['frames_per_second']:.1f}", f"{s['latency_ms_median']:.0f} / {s['latency_ms_p90']:.0f}",
+                     f"{s['model_ms_median']:.0f}", f"{s['frames_per_second']:.1f}"])
+    return table(["backend", "video", "extraction frames/s", "streaming latency a window, median / p90 (ms)",
+                  "of which clip + model (ms)", "streaming frames/s"], rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -203,6 +219,10 @@ def main():
                 print(f"### Micro-batches\n\n{infer_micro_table(report)}\n")
             if "ms" in report:
                 print(f"### Engines and malloc\n\n{infer_engine_tables(report)}\n")
+    for name, report in files.items():
+        if name.startswith("video"):
+            print(f"## Video ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"
+                  f"{video_table(report)}\n")
     for name, report in files.items():
         if name.startswith("pretrain"):
             print(f"## Pretraining ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"

@@ -5,8 +5,10 @@
 Steps (each a real command, printed before it runs): write the synthetic demo pickle (if missing),
 train `configs/action/demo_synthetic.yaml`, evaluate the best checkpoint, render attention heatmaps for
 one sample per class, export it to ONNX (with the parity check) and classify one validation sample with
-ONNX Runtime. Ends with the accuracy, the time
-of each step and the path of every artefact.
+ONNX Runtime; then the same sample as a synthetic video (lib/video/synthetic_video.py), classified
+with `infer_action.py --video` over sliding windows (the stand-in estimator reads the poses the frames
+carry) and rendered with its skeleton and top classes. Ends with the accuracy, the time of each step and
+the path of every artefact.
 """
 import argparse
 import json
@@ -56,6 +58,13 @@ def main(argv=None):
     sample = str(predictions["frame_dir"][0])
     run("inference", [py, "deployment/infer_action.py", "--onnx", str(onnx), "--pickle", PICKLE, "--sample", sample,
                       "--top-k", "3"], timings)
+    video_dir = out / "video"
+    run("video", [py, "-m", "lib.video.synthetic_video", "--pickle", PICKLE, "--frame-dir", sample, "--out",
+                  str(video_dir), "--height", "360"], timings)
+    rendered = video_dir / f"{sample}_predicted.mp4"
+    run("video inference", [py, "deployment/infer_action.py", "--onnx", str(onnx), "--video",
+                            str(video_dir / f"{sample}.mp4"), "--backend", f"stand-in:{PICKLE}", "--window", "32",
+                            "--stride", "16", "--top-k", "3", "--render", str(rendered)], timings)
 
     metrics = json.loads((ROOT / eval_dir / "metrics.json").read_text())
     epochs = [json.loads(line) for line in (ROOT / out / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +74,8 @@ def main(argv=None):
         "checkpoints": out / "{latest_epoch,best_epoch,epoch_N}.bin", "evaluation": eval_dir / "metrics.json",
         "per-class accuracy": eval_dir / "per_class.csv", "confusion matrix": eval_dir / "confusion.png",
         "predictions": eval_dir / "predictions.npz", "attention heatmaps": vis_dir / "*/sheet.png",
-        "ONNX model": onnx,
+        "ONNX model": onnx, "synthetic video": video_dir / f"{sample}.mp4", "rendered predictions": rendered,
+        "probability timeline": rendered.with_name(f"{rendered.stem}_timeline.png"),
     }
     print("\n== demo summary")
     print(f"validation top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, mean class accuracy "

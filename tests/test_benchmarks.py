@@ -1,4 +1,4 @@
-"""The three benchmarks in --quick mode, as a user would run them: they finish, print their table and write
+"""The benchmarks in --quick mode, as a user would run them: they finish, print their table and write
 JSON (to an explicit --out) whose figures are complete and plausible; a --quick run without --out leaves the
 recorded results in benchmarks/results/ alone. (Speed itself is measured, not asserted.)"""
 import json
@@ -149,3 +149,20 @@ def test_bench_pretrain_targets_quick_reports_every_variant(tmp_path):
         assert len(v["means"]["motion_loss"]) == 2 and all(math.isfinite(x) and x > 0 for x in v["means"]["motion_loss"])
     assert set(variants[1]["means"]) == {"position_loss", "motion_loss"} and set(variants[0]["means"]) == {"motion_loss"}
     assert "both  hidden  90%  position_loss" in result.stdout
+
+
+def test_bench_video_quick_reports_extraction_and_streaming(tmp_path):
+    """The stand-in backend only (no .venv-video given): extraction frames/s and per-window latency."""
+    pytest.importorskip("cv2")
+    out = tmp_path / "video.json"
+    result = run_benchmark("bench_video.py", "--video-python", tmp_path / "absent-python", "--out", out)
+    backends = json.loads(out.read_text())["backends"]
+    stand_in = backends["stand-in"]
+    assert stand_in["extraction"]["frames"] > 0 and stand_in["extraction"]["frames_per_second"] > 0
+    assert stand_in["extraction"]["persons_per_frame"] > 0
+    streaming = stand_in["streaming"]
+    assert streaming["windows"] == (stand_in["extraction"]["frames"] - 16) // 8 + 1  # window 16, stride 8
+    assert streaming["latency_ms_p90"] >= streaming["latency_ms_median"] >= streaming["model_ms_median"] > 0
+    assert backends["yolo"] == {"measured": False, "why": f"no {tmp_path / 'absent-python'} (make test-video)"}
+    assert backends["rtmlib"]["measured"] is False
+    assert "stand-in  extraction" in result.stdout

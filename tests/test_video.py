@@ -186,3 +186,29 @@ def test_video_to_dataset_to_model_to_rendered_predictions(videos, extracted, tm
     for p in streamed:  # the same windows as the whole-video run: the same probabilities
         same = next(q for q in from_keypoints["predictions"] if q["frames"] == p["frames"])
         np.testing.assert_allclose(p["probabilities"], same["probabilities"], atol=1e-5)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--backend", "posenet"], "unknown pose backend 'posenet': use rtmlib[:MODE], yolo[:WEIGHTS] or stand-in:PICKLE"),
+    (["--backend", "rtmlib:fast"], "rtmlib mode 'fast' is not one of lightweight, balanced, performance"),
+    (["--backend", "stand-in"], "needs the synthetic pickle"),
+    (["--videos", "absent.mp4"], "not found: absent.mp4"),
+])
+def test_extraction_mistakes_are_one_line_errors(videos, tmp_path, args, fragment, capsys):
+    base = {"--videos": str(videos["dir"]), "--backend": videos["backend"]}
+    base.update(dict(zip(args[::2], args[1::2])))
+    argv = [item for pair in base.items() for item in pair] + ["--out", str(tmp_path)]
+    capsys.readouterr()
+    assert run_main(extract_poses.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_a_missing_backend_package_names_its_install_command(videos, tmp_path, capsys):
+    for backend, install in (("rtmlib", "pip install -r requirements-rtmlib.txt"),
+                             ("yolo", "requirements-yolo.txt")):
+        if importlib.util.find_spec(backend if backend == "rtmlib" else "ultralytics"):
+            continue  # installed here: nothing to report
+        assert run_main(extract_poses.main, ["--videos", str(videos["dir"]), "--out", str(tmp_path),
+                                             "--backend", backend]) == 2
+        assert install in capsys.readouterr().err

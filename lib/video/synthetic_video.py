@@ -88,13 +88,20 @@ def main(argv=None):
                                 description="Write the samples of a synthetic pickle as stamped videos.")
     p.add_argument("--pickle", required=True, help="made by python -m lib.data.synthetic")
     p.add_argument("--out", required=True, help="folder for the videos (FRAME_DIR.mp4)")
-    p.add_argument("--samples", type=int, help="only the first N samples")
-    p.add_argument("--height", type=int, default=180)
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument("--samples", type=int, help="only the first N samples")
+    chosen.add_argument("--frame-dir", nargs="+", help="only these samples")
+    p.add_argument("--height", type=int, default=180, help="video height in pixels (default 180)")
     args = p.parse_args(argv)
-    annotations = read_pickle(args.pickle)["annotations"][:args.samples]
-    for i, ann in enumerate(annotations):
-        write_video(ann, i, Path(args.out) / f"{ann['frame_dir']}.mp4", args.height)
-    print(f"{len(annotations)} videos in {args.out}")
+    annotations = read_pickle(args.pickle)["annotations"]
+    chosen = [i for i, ann in enumerate(annotations) if ann["frame_dir"] in args.frame_dir] if args.frame_dir \
+        else range(min(args.samples or len(annotations), len(annotations)))
+    missing = set(args.frame_dir or ()) - {annotations[i]["frame_dir"] for i in chosen}
+    if missing:
+        raise UserError(f"{args.pickle} has no sample {sorted(missing)[0]}")
+    for i in chosen:
+        write_video(annotations[i], i, Path(args.out) / f"{annotations[i]['frame_dir']}.mp4", args.height)
+    print(f"{len(chosen)} videos in {args.out}")
 
 
 if __name__ == "__main__":

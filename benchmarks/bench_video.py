@@ -1,0 +1,160 @@
+"""Pose extraction frames per second per backend, and streaming latency per window, on this CPU.
+
+    .venv/bin/python benchmarks/bench_video.py [--quick] [--out PATH]
+
+The action model is the published size (C=128, depth 6, clip_len 243; random weights, which do not change
+the time), exported to ONNX. For each backend a video goes through extraction (decoding, the estimator,
+tracking) and through streaming (infer_action.py --stream's loop: a prediction every --stride frames over
+the last --window frames; latency: from the arrival of a window's last frame to its prediction).
+* stand-in: a synthetic 1280 x 720 video (lib/video/synthetic_video.py) read by the stand-in estimator:
+  what everything but the estimator costs.
+* yolo: YOLO11n-pose (Ultralytics) on a real video, a 810 x 720 view panning down the photograph bus.jpg
+  (4 people), measured in .venv-video (make test-video builds it) by a worker process of this script.
+* rtmlib: not measurable here: it downloads its models, and this machine has no internet access.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import idle_machine, machine_info, machine_load, out_path, write_result  # noqa: E402
+from lib.deploy.inference import OnnxActionModel  # noqa: E402
+from lib.deploy.streaming import stream_predictions  # noqa: E402
+from lib.video.estimators import load_estimator  # noqa: E402
+from lib.video.extract import FramePoses, extract  # noqa: E402
+from lib.video.frames import FrameSource  # noqa: E402
+
+VIDEO_PYTHON = ROOT / ".venv-video" / "bin" / "python"
+
+
+def percentile(values: list, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(backend: str, video: Path, onnx: Path, window: int, stride: int) -> dict:
+    """Extraction and streaming figures of one backend on one video."""
+    estimator = load_estimator(backend)
+    source = FrameSource(video)
+    estimator(next(iter(FrameSource(video))))  # warm-up: the first call loads and prepares the model
+    result = extract(source, estimator, max_persons=2, progress=False)
+    frames = result.keypoints.keypoint.shape[1]
+    extraction = {"video": video.name, "frames": frames, "height_width": list(result.keypoints.img_hw),
+                  "seconds": round(result.seconds, 3), "frames_per_second": round(frames / result.seconds, 2),
+                  "persons_per_frame": round(result.detections / frames, 2)}
+    model = OnnxActionModel(onnx)
+    start = time.perf_counter()
+    windows = list(stream_predictions(model, FrameSource(video), FramePoses(estimator), window, stride))
+    seconds = time.perf_counter() - start
+    latency, model_ms = [w["latency_ms"] for w in windows], [w["model_ms"] for w in windows]
+    streaming = {"window": window, "stride": stride, "clip_len": model.clip_len, "windows": len(windows),
+                 "latency_ms_median": round(statistics.median(latency), 1),
+                 "latency_ms_p90": round(percentile(latency, 0.9), 1), "latency_ms_max": round(max(latency), 1),
+                 "model_ms_median": round(statistics.median(model_ms), 1),
+                 "frames_per_second": round(frames / seconds, 2)}
+    versions = {name: sys.modules[name].__version__ for name in ("cv2", "onnxruntime", "torch", "ultralytics")
+                if name in sys.modules}
+    return {"backend": estimator.name, "versions": versions, "extraction": extraction, "streaming": streaming}
+
+
+def bus_video(path: Path, frames: int) -> Path:
+    """A real video of real people: a 810 x 720 view panning down Ultralytics' bus.jpg, 2 pixels a frame."""
+    import cv2
+    import ultralytics
+
+    image = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))  # 1080 x 810
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (810, 720))
+    for t in range(frames):
+        writer.write(image[2 * t:2 * t + 720].copy())
+    writer.release()
+    return path
+
+
+def stand_in_video(folder: Path, min_frames: int) -> tuple[Path, str]:
+    """A synthetic 1280 x 720 video of the longest of 40 NTU60-like samples, and its backend spec."""
+    from lib.data import synthetic
+    from lib.video.synthetic_video import write_video
+
+    data = synthetic.generate("ntu60", seed=0, num_samples=40)
+    synthetic.write_pickle(data, folder / "truth.pkl")
+    index, ann = max(enumerate(data["annotations"]), key=lambda item: item[1]["total_frames"])
+    assert ann["total_frames"] >= min_frames, ann["total_frames"]
+    video = folder / "synthetic.mp4"
+    write_video(ann, index, video, height=720)
+    return video, f"stand-in:{folder / 'truth.pkl'}"
+
+
+def export_model(path: Path, quick: bool):
+    import torch
+
+    from lib.config import load_yaml_config
+    from lib.deploy.export import export_onnx
+    from lib.engine.build import action_model
+
+    cfg = load_yaml_config(ROOT / "configs/action/train_NTU60_xsub_small.yaml",
+                           overrides=["clip_len=32", "maxlen=32"] if quick else [])
+    torch.manual_seed(0)
+    export_onnx(action_model(cfg).eval(), cfg, [str(k) for k in range(cfg.data.action_classes)], path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a small model and short videos; writes no JSON unless --out")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--window", type=int, help="streaming window in frames (default 64; --quick 16)")
+    p.add_argument("--stride", type=int, help="frames between streaming predictions (default 16; --quick 8)")
+    p.add_argument("--video-python", type=Path, default=VIDEO_PYTHON, help="the environment of the yolo backend")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure this backend, print JSON
+    p.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--frames", type=int, default=180, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.window = args.window or (16 if args.quick else 64)
+    args.stride = args.stride or (8 if args.quick else 16)
+    if args.worker:
+        with tempfile.TemporaryDirectory() as folder:
+            video = bus_video(Path(folder) / "bus_pan.mp4", args.frames)
+            print(json.dumps(measure(args.worker, video, args.onnx, args.window, args.stride)))
+        return
+    frames = 40 if args.quick else 180
+    result = {"command": " ".join(["python", "benchmarks/bench_video.py"] + sys.argv[1:]), "run": {},
+              "backends": {}}
+    measuring = machine_load(result["run"]) if args.quick else idle_machine(result["run"])
+    with tempfile.TemporaryDirectory() as folder, measuring:
+        folder = Path(folder)
+        export_model(folder / "model.onnx", args.quick)
+        video, spec = stand_in_video(folder, args.window + args.stride)
+        result["backends"]["stand-in"] = measure(spec, video, folder / "model.onnx", args.window, args.stride)
+        if args.video_python.exists():
+            worker = subprocess.run([str(args.video_python), __file__, "--worker", "yolo", "--onnx",
+                                     str(folder / "model.onnx"), "--frames", str(frames), "--window",
+                                     str(args.window), "--stride", str(args.stride)],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=1800)
+            if worker.returncode:
+                raise SystemExit(f"the yolo worker failed:\n{worker.stderr[-3000:]}")
+            result["backends"]["yolo"] = json.loads(worker.stdout.strip().splitlines()[-1])
+        else:
+            result["backends"]["yolo"] = {"measured": False, "why": f"no {args.video_python} (make test-video)"}
+    result["machine"] = machine_info()  # after the runs: with the versions of what they imported
+    result["backends"]["rtmlib"] = {"measured": False,
+                                    "why": "rtmlib downloads its models on first use; this machine has no internet"}
+    for name, figures in result["backends"].items():
+        if "extraction" in figures:
+            e, s = figures["extraction"], figures["streaming"]
+            print(f"{name:9} extraction {e['frames_per_second']:7.1f} frames/s ({e['height_width'][1]}x"
+                  f"{e['height_width'][0]}, {e['persons_per_frame']} persons a frame) | streaming window "
+                  f"{s['window']}/{s['stride']}: latency median {s['latency_ms_median']} ms, p90 "
+                  f"{s['latency_ms_p90']} ms, model {s['model_ms_median']} ms")
+        else:
+            print(f"{name:9} not measured: {figures['why']}")
+    write_result(result, out_path(args.out, args.quick, "video.json"))
+
+
+if __name__ == "__main__":
+    main()
