@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lib.data.keypoint_files import Keypoints, write_npz
 from lib.errors import UserError
@@ -66,22 +67,23 @@ def extract_videos(videos: list, out_dir, estimator, max_persons: int = 2, fps: 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"extracted": 0, "skipped": 0, "failed": [], "frames": 0, "detections": 0, "seconds": 0.0,
                "backend": estimator.name}
-    for path in tqdm(videos, desc="videos", unit="video", disable=not progress or len(videos) < 2):
-        out = out_dir / f"{video_name(path)}.npz"
-        if out.exists() and not overwrite:
-            summary["skipped"] += 1
-            continue
-        try:
-            result = extract(FrameSource(path, fps), estimator, max_persons, progress)
-        except UserError as e:
-            log.error("%s", e)
-            summary["failed"].append(str(path))
-            continue
-        write_npz(out, result.keypoints, video_name(path), fps=result.fps, backend=estimator.name)
-        summary["extracted"] += 1
-        summary["frames"] += result.keypoints.keypoint.shape[1]
-        summary["detections"] += result.detections
-        summary["seconds"] += result.seconds
+    with logging_redirect_tqdm():  # an error line above the progress bars, not inside them
+        for path in tqdm(videos, desc="videos", unit="video", disable=not progress or len(videos) < 2):
+            out = out_dir / f"{video_name(path)}.npz"
+            if out.exists() and not overwrite:
+                summary["skipped"] += 1
+                continue
+            try:
+                result = extract(FrameSource(path, fps), estimator, max_persons, progress)
+            except UserError as e:
+                log.error("%s", e)
+                summary["failed"].append(str(path))
+                continue
+            write_npz(out, result.keypoints, video_name(path), fps=result.fps, backend=estimator.name)
+            summary["extracted"] += 1
+            summary["frames"] += result.keypoints.keypoint.shape[1]
+            summary["detections"] += result.detections
+            summary["seconds"] += result.seconds
     return summary
 
 
