@@ -21,6 +21,7 @@ from lib.cli import run_main  # noqa: E402
 from lib.data.keypoint_files import (DEFAULT_IMG_SHAPE, read_array_file, read_json_file,  # noqa: E402
                                      read_pickle_sample)
 from lib.deploy.inference import OnnxActionModel, predict  # noqa: E402
+from lib.video.frames import VIDEO_OUT_SUFFIXES  # noqa: E402
 
 
 def parse_args(argv):
@@ -57,6 +58,8 @@ def parse_args(argv):
         p.error("--pickle needs --sample FRAME_DIR")
     if args.render and not args.video:
         p.error("--render needs --video")
+    if args.render and Path(args.render).suffix.lower() not in VIDEO_OUT_SUFFIXES:
+        p.error(f"--render must name a {' or '.join(VIDEO_OUT_SUFFIXES)} file")
     for name in ("window", "stride", "top_k", "max_persons"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -4,7 +4,6 @@ they show. The real estimators are tested by `make test-video` (tests/test_video
 import csv
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +14,10 @@ from lib.data.labels import class_names
 from lib.video.frames import FrameSource
 from lib.video.synthetic_video import write_video
 from lib.video.tracking import PersonTracker, stack_tracks
+from video_helpers import TINY, load_script
 
 cv2 = pytest.importorskip("cv2")
-ROOT = Path(__file__).resolve().parents[1]
 HEIGHT = 180  # the videos are 320 x 180, the pickle's keypoints 1920 x 1080 pixels
-TINY = ["--set", "epochs=1", "--set", "batch_size=4", "--set", "clip_len=16", "--set", "maxlen=16",
-        "--set", "dim_rep=16", "--set", "num_heads=2", "--set", "hidden_dim=32", "--set", "num_workers=0",
-        "--set", "device=cpu"]
-
-
-def load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 extract_poses = load_script("deployment/extract_poses.py")
 infer_action = load_script("deployment/infer_action.py")
 

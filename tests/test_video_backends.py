@@ -1,7 +1,6 @@
 """The real pose backends on real images: run by `make test-video` in .venv-video, the environment the
 Ultralytics backend needs (requirements-yolo.txt); skipped where Ultralytics is not installed (the
 project's .venv). The ONNX model is trained and exported by the project's .venv ($PROJECT_PYTHON)."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,19 +15,10 @@ cv2 = pytest.importorskip("cv2")
 from lib.cli import run_main  # noqa: E402
 from lib.video.estimators import load_estimator  # noqa: E402
 from lib.video.frames import FrameSource  # noqa: E402
+from video_helpers import ROOT, TINY, load_script  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(ultralytics.__file__).parent / "assets"
-TINY = ["--set", "epochs=1", "--set", "batch_size=8", "--set", "clip_len=16", "--set", "maxlen=16",
-        "--set", "dim_rep=16", "--set", "num_heads=2", "--set", "hidden_dim=32", "--set", "num_workers=0",
-        "--set", "device=cpu"]
 
-
-def load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

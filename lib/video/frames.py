@@ -41,6 +41,7 @@ class FrameSource:
             self.capture = self.cv2.VideoCapture(source)
             if not self.capture.isOpened():
                 raise UserError(f"cannot open camera {source}; check the index (0 is the first camera)")
+            self.fps = self.capture.get(self.cv2.CAP_PROP_FPS) or self.fps
         elif Path(source).is_dir():
             self.name, self.images, self.capture = Path(source).name, _images(Path(source)), None
             if not self.images:
@@ -79,13 +80,16 @@ class FrameSource:
             self.capture.release()
 
 
+VIDEO_OUT_SUFFIXES = (".mp4", ".avi")
+
+
 class VideoWriter:
     """Writes BGR frames to an .mp4 (MPEG-4 part 2, 'mp4v': OpenCV's wheels have no H.264 encoder) or
     .avi (MJPG) file, opened at the first frame."""
 
     def __init__(self, path, fps: float):
         self.cv2, self.path, self.fps, self.writer = require_cv2(), Path(path), fps, None
-        if self.path.suffix.lower() not in (".mp4", ".avi"):
+        if self.path.suffix.lower() not in VIDEO_OUT_SUFFIXES:
             raise UserError(f"{self.path}: the rendered video must be .mp4 or .avi")
 
     def write(self, frame: np.ndarray):

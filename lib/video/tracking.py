@@ -35,17 +35,18 @@ def _size(keypoint: np.ndarray, visible: np.ndarray) -> float:
 class PersonTracker:
     max_cost: float = 0.5  # mean joint distance, as a share of the person's size, above which a pair does not match
     max_gap: int = 30  # frames a track may go unseen and still be matched
-    tracks: dict = field(default_factory=dict)  # id -> Track
+    tracks: dict = field(default_factory=dict)  # id -> Track, the live ones
     frame: int = -1
+    next_id: int = 0
 
     def update(self, keypoint: np.ndarray, score: np.ndarray) -> list[int]:
         """One frame's detections [P, 17, 2], [P, 17] -> the track id of each detection."""
         self.frame += 1
-        live = [i for i, t in self.tracks.items() if self.frame - t.last_frame <= self.max_gap]
+        self.tracks = {i: t for i, t in self.tracks.items() if self.frame - t.last_frame <= self.max_gap}
         pairs = []
         for d in range(len(keypoint)):
             seen = _visible(score[d])
-            for i in live:
+            for i in self.tracks:
                 track = self.tracks[i]
                 both = seen & _visible(track.score)
                 if both.any():
@@ -61,7 +62,7 @@ class PersonTracker:
                 taken.add(i)
         for d in range(len(keypoint)):
             if ids[d] < 0:
-                ids[d] = len(self.tracks)
+                ids[d], self.next_id = self.next_id, self.next_id + 1
             self.tracks[ids[d]] = Track(keypoint[d].copy(), score[d].copy(), self.frame)
         return ids
 
