@@ -7,7 +7,8 @@
     python deployment/infer_action.py --onnx model.onnx --stream 0 --window 64 --stride 16
 
 The keypoints go through exactly the validation preprocessing of training (lib/data/preprocess.py).
---video and --stream run a pose estimator first (--backend, lib/video/estimators.py; needs OpenCV).
+--video and --stream run a pose estimator first (--backend, lib/video/estimators.py; needs OpenCV; of the
+backends only yolo imports torch).
 Formats: deployment/inference.md.
 """
 import argparse
