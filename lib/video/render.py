@@ -26,15 +26,21 @@ def draw_skeletons(frame: np.ndarray, keypoint: np.ndarray, score: np.ndarray, t
 
 
 def draw_top_classes(frame: np.ndarray, top: list) -> np.ndarray:
-    """Write the top classes ([{'name', 'probability'}, ...]) in the frame's top-left corner (in place)."""
+    """Write the top classes ([{'name', 'probability'}, ...]) in white on a dark band below the frame's top
+    edge (in place)."""
     cv2 = require_cv2()
     scale = max(frame.shape[0] / 720, 0.35)
-    line = int(28 * scale) + 4
-    for rank, entry in enumerate(top):
-        text = f"{100 * entry['probability']:5.1f}% {entry['name']}"
-        origin = (8, line * (rank + 1))
-        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(frame, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (255, 255, 255), 1, cv2.LINE_AA)
+    font, size, pad = cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, max(int(8 * scale), 3)
+    texts = [f"{100 * entry['probability']:5.1f}% {entry['name']}" for entry in top]
+    (_, height), _ = cv2.getTextSize("Ag", font, size, 1)
+    line = height + 2 * pad
+    width = max(cv2.getTextSize(text, font, size, 1)[0][0] for text in texts) + 2 * pad
+    top_edge = 2 * pad
+    band = frame[top_edge:top_edge + line * len(texts) + pad, :width]
+    band[:] = (0.45 * band).astype(frame.dtype)  # darken behind the text
+    for rank, text in enumerate(texts):
+        origin = (pad, top_edge + line * (rank + 1) - pad)
+        cv2.putText(frame, text, origin, font, size, (255, 255, 255), 1, cv2.LINE_AA)
     return frame
 
 
