@@ -109,3 +109,18 @@ def test_a_real_video_through_extraction_tracking_inference_and_rendering(bus_vi
     with capsys.disabled():
         print("\n" + "\n".join(report))
 
+
+
+def test_rtmlib_finds_the_people_or_says_it_cannot_get_its_models():
+    """Where rtmlib is installed (requirements-rtmlib.txt; not in .venv-video): with its models (downloaded
+    on the first run) it finds the 4 people of bus.jpg; without network and models, a one-line error."""
+    pytest.importorskip("rtmlib")
+    from lib.errors import UserError
+
+    try:
+        estimator = load_estimator("rtmlib:lightweight")
+    except UserError as e:
+        assert "could not load its models" in str(e) and "\n" not in str(e)
+        pytest.skip(f"rtmlib has no models here: {e}")
+    keypoint, score = estimator(cv2.imread(str(ASSETS / "bus.jpg")))
+    assert len(keypoint) >= 4 and keypoint.shape[1:] == (17, 2) and score.shape == keypoint.shape[:2]
