@@ -77,36 +77,38 @@ def bus_video(path: Path, frames: int) -> Path:
     return path
 
 
-def stand_in_video(folder: Path, min_frames: int) -> tuple[Path, str]:
-    """A synthetic 1280 x 720 video of the longest of 40 NTU60-like samples, and its backend spec."""
+def stand_in_video(folder: Path, min_frames: int, quick: bool) -> tuple[Path, str]:
+    """A synthetic 1280 x 720 video (--quick: 640 x 360) of the longest of 40 NTU60-like samples (--quick:
+    12), and its backend spec."""
     from lib.data import synthetic
     from lib.video.synthetic_video import write_video
 
-    data = synthetic.generate("ntu60", seed=0, num_samples=40)
+    data = synthetic.generate("ntu60", seed=0, num_samples=12 if quick else 40)
     synthetic.write_pickle(data, folder / "truth.pkl")
     index, ann = max(enumerate(data["annotations"]), key=lambda item: item[1]["total_frames"])
     assert ann["total_frames"] >= min_frames, ann["total_frames"]
     video = folder / "synthetic.mp4"
-    write_video(ann, index, video, height=720)
+    write_video(ann, index, video, height=360 if quick else 720)
     return video, f"stand-in:{folder / 'truth.pkl'}"
 
 
 def export_model(path: Path, quick: bool):
+    """The published-size model (--quick: the demo's small one), random weights, as ONNX."""
     import torch
 
     from lib.config import load_yaml_config
     from lib.deploy.export import export_onnx
     from lib.engine.build import action_model
 
-    cfg = load_yaml_config(ROOT / "configs/action/train_NTU60_xsub_small.yaml",
-                           overrides=["clip_len=32", "maxlen=32"] if quick else [])
+    cfg = load_yaml_config(ROOT / "configs/action" / ("demo_synthetic.yaml" if quick else "train_NTU60_xsub_small.yaml"))
     torch.manual_seed(0)
     export_onnx(action_model(cfg).eval(), cfg, [str(k) for k in range(cfg.data.action_classes)], path)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="a small model and short videos; writes no JSON unless --out")
+    p.add_argument("--quick", action="store_true",
+                   help="the demo's small model, a smaller video, short windows; writes no JSON unless --out")
     p.add_argument("--out", type=Path)
     p.add_argument("--window", type=int, help="streaming window in frames (default 64; --quick 16)")
     p.add_argument("--stride", type=int, help="frames between streaming predictions (default 16; --quick 8)")
@@ -129,7 +131,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder, measuring:
         folder = Path(folder)
         export_model(folder / "model.onnx", args.quick)
-        video, spec = stand_in_video(folder, args.window + args.stride)
+        video, spec = stand_in_video(folder, args.window + args.stride, args.quick)
         result["backends"]["stand-in"] = measure(spec, video, folder / "model.onnx", args.window, args.stride)
         if args.video_python.exists():
             worker = subprocess.run([str(args.video_python), __file__, "--worker", "yolo", "--onnx",
