@@ -18,7 +18,7 @@ recorded, so a setup that shared the machine shows. A full run first waits for a
 FLOPs: every Linear layer counted from its input size (2 * tokens * in * out), the attention products
 (2 * 2 * groups * heads * Lq * Lk * d); a training step is counted as 3 forwards (backward = 2 forwards).
 The recomputed forward of checkpointed micro-batches is not counted: the share of the peak is the
-useful work. --quick: 32-frame clips, batch 4, whole and micro-batches of 1, one timed step, and the demo
+useful work. --quick: 32-frame clips, batch 2, whole and micro-batches of 1, one timed step, and the demo
 size (a smoke run for the test suite); it writes JSON only to --out.
 
 With CUDA (--device cuda, the default where available) the published size runs three ways on the GPU at
@@ -163,9 +163,9 @@ def run_setup(setup: dict, steps: int, device: str) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="32-frame clips, batch 4, one measured step")
+    p.add_argument("--quick", action="store_true", help="32-frame clips, batch 2, one measured step")
     p.add_argument("--batches", type=int, nargs="+", default=None,
-                   help="batch sizes at the published size (default 1 2 4 8 16; 4 with --quick)")
+                   help="batch sizes at the published size (default 1 2 4 8 16; 2 with --quick)")
     p.add_argument("--micro", type=int, nargs="+", default=None,
                    help="micro-batch sizes to compare with the whole batch (default 1 2 4; 1 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per setup (default 2, 1 with --quick)")
@@ -175,7 +175,7 @@ def main():
     p.add_argument("--setup-index", type=int, default=None, help=argparse.SUPPRESS)  # internal: one setup, JSON out
     args = p.parse_args()
     steps = args.steps or (1 if args.quick else 2)
-    batches = args.batches or ([4] if args.quick else [1, 2, 4, 8, 16])
+    batches = args.batches or ([2] if args.quick else [1, 2, 4, 8, 16])
     micro = args.micro or ([1] if args.quick else [1, 2, 4])
     all_setups = setups(args.quick, args.device, batches, micro)
     if args.setup_index is not None:
