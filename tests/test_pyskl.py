@@ -297,9 +297,18 @@ def test_pickle_written_by_numpy_1_loads(tmp_path):
 # Bad input: one-line UserErrors that name the problem (DESIGN 7)
 
 
-def expect_user_error(path, *fragments, use_cache=True):
+def load_in_this_process(path, use_cache=True):
+    """load_store with the parsing and packing in this process instead of a spawned one: the same code,
+    without a Python start-up for each of the many bad-input cases. The process boundary itself is tested
+    by test_bad_dtype_reaches_the_caller_of_load_store_as_a_user_error and the cache tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pyskl, "_pack_in_child_process", pyskl._pack_pickle)
+        return load_store(path, use_cache=use_cache)
+
+
+def expect_user_error(path, *fragments, use_cache=True, child_process=False):
     with pytest.raises(UserError) as err:
-        load_store(path, use_cache=use_cache)
+        (load_store if child_process else load_in_this_process)(path, use_cache=use_cache)
     message = str(err.value)
     assert "\n" not in message, message
     for fragment in fragments:
@@ -471,7 +480,7 @@ def test_bad_dtype_reaches_the_caller_of_load_store_as_a_user_error(tmp_path, ke
     ann[key] = BAD_DTYPES[key][0] if key not in ("keypoint", "keypoint_score") else ann[key].astype(object)
     path = write_pickle(tmp_path / "bad.pkl", data)
     for use_cache in (True, False):
-        message = expect_user_error(path, ann["frame_dir"], f" {key} ", use_cache=use_cache)
+        message = expect_user_error(path, ann["frame_dir"], f" {key} ", use_cache=use_cache, child_process=True)
         assert sum(a["frame_dir"] in message for a in data["annotations"]) == 1, message
     assert not [p for p in (tmp_path / ".cache").rglob("*") if p.is_file()]
 
@@ -484,7 +493,7 @@ def test_bad_dtype_reaches_the_caller_of_load_store_as_a_user_error(tmp_path, ke
 ])
 def test_integer_and_floating_point_dtypes_are_accepted(tmp_path, key, value):
     path, name = broken(tmp_path, 2, **{key: value})
-    store = load_store(path)
+    store = load_in_this_process(path)
     i = list(store.frame_dir).index(name)
     if key in ("keypoint", "keypoint_score"):
         np.testing.assert_array_equal(store.raw_sample(i)[key == "keypoint_score"], value)
