@@ -250,11 +250,9 @@ def test_malformed_inputs_give_one_line_errors(setup, case, fragment, capsys, mo
     """deployment/infer_action.py's main in this process, for speed (its `python` run is the same
     run_main, which turns a user error into one line on stderr and exit status 2); the first case also as
     a real process, without a traceback."""
-    import importlib.util
+    from video_helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("infer_action", ROOT / "deployment" / "infer_action.py")
-    infer_action = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(infer_action)
+    infer_action = load_script("deployment/infer_action.py")
     tmp = setup["tmp"]
     onnx_path = tmp / "model_errors.onnx"
     if not onnx_path.exists():

@@ -1,4 +1,5 @@
-"""Shared by tests/test_video.py and tests/test_video_backends.py (which runs in .venv-video)."""
+"""Shared by the tests that call entry scripts in-process: tests/test_video.py, tests/test_deploy.py and
+tests/test_video_backends.py (which runs in .venv-video)."""
 import importlib.util
 from pathlib import Path
 

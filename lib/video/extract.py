@@ -11,7 +11,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lib.data.keypoint_files import Keypoints, write_npz
 from lib.errors import UserError
-from lib.video.frames import FrameSource
+from lib.video.frames import FrameSource, video_name
 from lib.video.tracking import PersonTracker, stack_tracks
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ def extract(source: FrameSource, estimator, max_persons: int = 2, progress: bool
     seconds = time.perf_counter() - start
     keypoint, score = stack_tracks(frames, max_persons)
     return Extraction(Keypoints(keypoint, score, shape), source.fps, seconds, sum(len(f) for f in frames))
-
-
-def video_name(path: Path) -> str:
-    return path.stem if path.is_file() else path.name
 
 
 def extract_videos(videos: list, out_dir, estimator, max_persons: int = 2, fps: float = 30.0,

@@ -29,34 +29,39 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def video_name(path: Path) -> str:
+    """The name a video's outputs take: a file's stem, or a folder of images' name."""
+    return path.stem if path.is_file() else path.name
+
+
 class FrameSource:
     """The frames of one video, read as they come. `source`: a video file, a folder of images (in name
     order, at `fps` frames a second) or a camera index (an int). `name` names the output of this video."""
 
     def __init__(self, source, fps: float = 30.0):
         self.cv2 = require_cv2()
-        self.source, self.fps, self.frame_count = source, float(fps), None
-        if isinstance(source, int):
-            self.name, self.images = f"camera{source}", None
-            self.capture = self.cv2.VideoCapture(source)
-            if not self.capture.isOpened():
-                raise UserError(f"cannot open camera {source}; check the index (0 is the first camera)")
-            self.fps = self.capture.get(self.cv2.CAP_PROP_FPS) or self.fps
-        elif Path(source).is_dir():
-            self.name, self.images, self.capture = Path(source).name, _images(Path(source)), None
+        self.source, self.fps, self.frame_count, self.images, self.capture = source, float(fps), None, None, None
+        if not isinstance(source, int) and Path(source).is_dir():
+            self.name, self.images = video_name(Path(source)), _images(Path(source))
             if not self.images:
                 raise UserError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             self.frame_count = len(self.images)
+            return
+        if isinstance(source, int):
+            self.name = f"camera{source}"
+            self.capture = self.cv2.VideoCapture(source)
+            if not self.capture.isOpened():
+                raise UserError(f"cannot open camera {source}; check the index (0 is the first camera)")
         else:
             path = Path(source)
             if not path.is_file():
                 raise UserError(f"video not found: {path}")
-            self.name, self.images = path.stem, None
+            self.name = video_name(path)
             self.capture = self.cv2.VideoCapture(str(path))
             if not self.capture.isOpened():
                 raise UserError(f"cannot read video {path}: not a video OpenCV can decode")
-            self.fps = self.capture.get(self.cv2.CAP_PROP_FPS) or self.fps
             self.frame_count = int(self.capture.get(self.cv2.CAP_PROP_FRAME_COUNT)) or None
+        self.fps = self.capture.get(self.cv2.CAP_PROP_FPS) or self.fps
 
     def __iter__(self):
         if self.images is not None:
@@ -123,7 +128,7 @@ def list_videos(paths) -> list:
                 videos.extend(files + folders)
         else:
             raise UserError(f"not found: {path} (give video files or folders of videos)")
-    names = [p.stem if p.is_file() else p.name for p in videos]
+    names = [video_name(p) for p in videos]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"two videos would both be written as {twice[0]}.npz; rename one of them")

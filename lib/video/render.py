@@ -70,15 +70,15 @@ def render_video(frames, keypoint: np.ndarray, score: np.ndarray, predictions: l
 def draw_timeline(predictions: list, class_names: list, fps: float, path, num_classes: int = 5):
     """A PNG of the probability of the `num_classes` classes that reach the highest probability, against
     the time of each window's centre."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     probabilities = np.stack([np.asarray(p["probabilities"]) for p in predictions])  # [windows, K]
     seconds = np.array([(p["frames"][0] + p["frames"][1]) / 2 / fps for p in predictions])
     shown = np.argsort(-probabilities.max(axis=0))[:num_classes]
-    fig, ax = plt.subplots(figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for k in shown:
         ax.plot(seconds, probabilities[:, k], marker="o" if len(seconds) < 30 else None, label=class_names[k])
     ax.set_xlabel("time of the window's centre (s)")
@@ -88,4 +88,3 @@ def draw_timeline(predictions: list, class_names: list, fps: float, path, num_cl
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -78,7 +78,7 @@ class StampedFrameReader:
         if sample >= len(self.annotations) or t >= self.annotations[sample]["total_frames"]:
             raise ValueError(f"frame stamp ({sample}, {t}) names no frame of the pickle: the video was decoded wrongly")
         ann = self.annotations[sample]
-        scale = frame.shape[0] / float(ann["img_shape"][0])
+        scale = _scale(ann, frame.shape[0])
         present = ann["keypoint_score"][:, t].max(axis=1) > 0
         return (ann["keypoint"][present, t] * scale).astype(np.float32), ann["keypoint_score"][present, t]
 
