@@ -61,7 +61,9 @@ class DataConfig:
     flip_test: bool = False
     # One class name per line; null picks the NTU60/NTU120 list by action_classes.
     label_map: Optional[str] = None
-    num_workers: int = field(default=2, metadata=_range(0))
+    # DataLoader processes; null: automatic (engine.runtime.loader_workers): 2 on the CPU, on CUDA enough to
+    # feed the compiled model twice over, as far as the cores allow.
+    num_workers: Optional[int] = field(default=None, metadata=_range(0))
     # Train on this share of the training split, the same share of every class (seeded by train.seed).
     label_fraction: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
 
@@ -90,6 +92,9 @@ class ModelConfig:
     j2j_adjacency: bool = True
     j2e_main: bool = True
     j2e_bias: bool = True
+    # How attention is computed (the same numbers every way; lib/model/attention.py): auto picks by the number
+    # of keys and the device, from the measurements in benchmarks/README.md ("Attention implementations").
+    attention: Literal["auto", "explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex"] = "auto"
 
 
 @dataclass
@@ -110,7 +115,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0))
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     amp: bool = True  # bf16 autocast on CUDA (no effect on the CPU)
-    compile: bool = False  # torch.compile the model for training
+    # torch.compile the model for training and validation (pretraining too); auto: on CUDA, eager on the CPU
+    # (lib/engine/compiled.py). A model that fails to compile runs eager, with one warning line.
+    compile: Literal["auto", True, False] = "auto"
     # Clips per backbone pass in training and evaluation (the head and its BatchNorm see the whole batch).
     # Fewer than batch_size: training recomputes each chunk's activations in the backward pass (activation
     # checkpointing): less memory for one more backbone forward. null: automatic (engine.runtime.micro_batch_size),

@@ -22,7 +22,8 @@ def backbone_settings(cfg: Config) -> BackboneConfig:
         dim=m.dim_rep, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, max_frames=m.maxlen,
         drop_path_rate=m.drop_path_rate, block_dropout=m.block_dropout, with_hypergraph=m.version == 2,
         joint_label=tuple(cfg.hyper.joint_label[0]), joint_bias_init=m.hyper_relation_bias,
-        j2j_adjacency=m.j2j_adjacency, j2e_layout=m.j2e_layout, j2e_main=m.j2e_main, j2e_bias=m.j2e_bias)
+        j2j_adjacency=m.j2j_adjacency, j2e_layout=m.j2e_layout, j2e_main=m.j2e_main, j2e_bias=m.j2e_bias,
+        attention=m.attention)
 
 
 def action_model(cfg: Config) -> ActionNet:

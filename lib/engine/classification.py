@@ -89,7 +89,7 @@ class ClassificationTask:
         """Metrics over the validation split, each process predicting its share; equal to one process."""
         positions = list(range(ctx.rank, len(val_set), ctx.world_size))
         share = torch.utils.data.Subset(val_set, positions) if ctx.enabled else val_set
-        loader = eval_loader(share, self.cfg.train.batch_size, self.cfg.data.num_workers, ctx.device)
+        loader = eval_loader(share, self.cfg, ctx.device)
         with autocast(ctx.device, amp):
             scores, labels = predict(model, loader, ctx.device, max_batches=max_batches, flip=self.cfg.data.flip_test)
         parts = ctx.gather((positions[:len(labels)], scores, labels))

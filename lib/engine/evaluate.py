@@ -17,7 +17,8 @@ from lib.config import Config, config_to_dict
 from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.engine.build import load_trained
-from lib.engine.runtime import keep_freed_memory, micro_batch_size, pick_device, setup_logging
+from lib.engine.compiled import CompiledOrEager, inference_forward, pad_batch
+from lib.engine.runtime import autocast, keep_freed_memory, loader_workers, micro_batch_size, pick_device, setup_logging
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,11 @@ def ignore_interrupts(worker_id: int):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def eval_loader(dataset: ActionDataset, batch_size: int, num_workers: int, device: torch.device):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts)
+def eval_loader(dataset: ActionDataset, cfg: Config, device: torch.device):
+    """Evaluation batches of train.batch_size clips, in dataset order."""
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False,
+                                       num_workers=loader_workers(cfg, device), pin_memory=device.type == "cuda",
+                                       worker_init_fn=ignore_interrupts)
 
 
 def flip_clips(x: torch.Tensor) -> torch.Tensor:
@@ -55,13 +58,19 @@ def clip_scores(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
 @torch.no_grad()
 def predict(model, loader, device, max_batches: int = None, flip: bool = False,
             desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [S, K] (float32, CPU; see clip_scores) and labels [S] over the loader, in loader order."""
+    """Scores [S, K] (float32, CPU; see clip_scores) and labels [S] over the loader, in loader order. A compiled
+    model (CompiledOrEager) gets every batch at the loader's batch size (the last one padded with zero clips,
+    their scores dropped), so it compiles once."""
     model.eval()
     all_scores, all_labels = [], []
+    static_shape = isinstance(model, CompiledOrEager)
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         if max_batches is not None and i >= max_batches:
             break
-        all_scores.append(clip_scores(model, x.to(device, non_blocking=True), flip).float().cpu())
+        x = x.to(device, non_blocking=True)
+        if static_shape:
+            x = pad_batch(x, loader.batch_size)
+        all_scores.append(clip_scores(model, x, flip)[:len(y)].float().cpu())
         all_labels.append(y)
     return torch.cat(all_scores), torch.cat(all_labels)
 
@@ -196,8 +205,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None,
     device = pick_device(cfg.train.device)
     trained = load_trained(cfg, checkpoint, device, micro_batch_size(cfg, device))
     model, dataset, names = trained.model, trained.val_set, trained.class_names
-    loader = eval_loader(dataset, cfg.train.batch_size, cfg.data.num_workers, device)
-    scores, labels = predict(model, loader, device, flip=cfg.data.flip_test)
+    loader = eval_loader(dataset, cfg, device)
+    with autocast(device, cfg.train.amp):
+        scores, labels = predict(inference_forward(model, cfg.train.compile, device), loader, device,
+                                 flip=cfg.data.flip_test)
     metrics = classification_metrics(scores, labels)
     details = {"checkpoint": str(checkpoint), "split": dataset.split, "dataset": cfg.data.dataset,
                "protocol": {"num_clips": cfg.data.num_clips, "flip_test": cfg.data.flip_test,

@@ -1,6 +1,8 @@
 """Process-level set-up shared by the entry scripts: device, seeds, logging, the C heap."""
 import ctypes
 import logging
+import math
+import os
 import platform
 import random
 import sys
@@ -65,6 +67,25 @@ def micro_batch_size(cfg: Config, device: torch.device) -> int:
     if 0 < clips < cfg.train.batch_size:
         log.info(f"backbone on {clips} clips at a time (train.micro_batch)")
     return clips
+
+
+CPU_LOADER_WORKERS = 2
+# Loader clips/s one worker reads and the compiled model trains on one GPU at the published size: measured by
+# benchmarks/bench_gpu.py on an H200 machine (benchmarks/README.md, "GPU").
+WORKER_CLIPS_PER_SECOND = 180.0
+GPU_CLIPS_PER_SECOND = 400.0
+
+
+def loader_workers(cfg: Config, device: torch.device) -> int:
+    """DataLoader processes: `data.num_workers`, or automatically 2 on the CPU (where the model, not the
+    loader, is the bottleneck) and on CUDA as many as read twice what the compiled model trains on
+    (GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND), at most one per core but one."""
+    if cfg.data.num_workers is not None:
+        return cfg.data.num_workers
+    if device.type != "cuda":
+        return CPU_LOADER_WORKERS
+    needed = math.ceil(2 * GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND)
+    return max(1, min(needed, (os.cpu_count() or 2) - 1))
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -11,7 +11,8 @@ SIGTERM saves latest_epoch.bin at the current batch and ends the run with status
 Under torchrun every process trains on its share of each epoch's batches (batch_size per process) with
 DistributedDataParallel; validation is split across the processes and gathered, so its metrics equal a
 single-process evaluation; only rank 0 writes logs and checkpoints. On CUDA the forward pass runs under
-bf16 autocast (train.amp), optionally compiled (train.compile).
+bf16 autocast (train.amp) and, with train.compile auto, compiled for training and for validation
+(lib/engine/compiled.py); the epoch's log line says how many graphs were compiled so far.
 """
 import json
 import logging
@@ -27,9 +28,10 @@ from tqdm import tqdm
 
 from lib.config import Config, config_to_dict, save_config
 from lib.engine.checkpoint import load_checkpoint, match_state_dict, save_checkpoint
+from lib.engine.compiled import compile_enabled, compiled_graphs, maybe_compiled
 from lib.engine.distributed import Distributed, init_distributed, shutdown
 from lib.engine.evaluate import ignore_interrupts
-from lib.engine.runtime import autocast, keep_freed_memory, seed_everything, setup_logging
+from lib.engine.runtime import autocast, keep_freed_memory, loader_workers, seed_everything, setup_logging
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -157,9 +159,11 @@ class RunLogger:
         for name, value in lrs.items():
             self.writer.add_scalar(f"lr/{name}", value, step)
         validation = f" | val {format_metrics(val)}" if val else ""
+        compiled = f" | {record['compiled_graphs']} graphs compiled so far" if "compiled_graphs" in record else ""
         log.info(f"epoch {step}: train {format_metrics(train)}{validation} | "
                  f"best {self.best_metric} {record[f'best_{self.best_metric}']:.2f} (epoch {record['best_epoch']}) | "
-                 f"lr {'/'.join(f'{v:.2e}' for v in lrs.values())} | {record['seconds']:.0f} s")
+                 f"lr {'/'.join(f'{v:.2e}' for v in lrs.values())} | {record['seconds']:.0f} s"
+                 f"{compiled}")
 
     def close(self):
         if self.enabled:
@@ -185,7 +189,7 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
     if cfg.train.quickdebug:
         batches = batches[:1]
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=batches[start:], num_workers=cfg.data.num_workers,
+        train_set, batch_sampler=batches[start:], num_workers=loader_workers(cfg, ctx.device),
         pin_memory=ctx.device.type == "cuda", worker_init_fn=ignore_interrupts,
         generator=torch.Generator().manual_seed(cfg.train.seed))
     forward.train()
@@ -229,15 +233,15 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
     optimizer, scheduler = make_optimizer(task.parameter_groups(model), cfg)
     progress = restore_state(resume, model, optimizer, scheduler, ctx) if resume else Progress()
 
-    forward = ctx.wrap(model)
-    if cfg.train.compile:
-        forward = torch.compile(forward)
+    forward = maybe_compiled(ctx.wrap(model), cfg.train.compile, ctx.device)
+    validation_forward = maybe_compiled(model, cfg.train.compile, ctx.device)
+    compiling = compile_enabled(cfg.train.compile, ctx.device)
     amp = cfg.train.amp and ctx.device.type == "cuda"
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(f"{cfg.name}: {len(train_set)} training / {len(val_set) if val_set is not None else 0} validation clips, "
              f"{params:,} trainable "
              f"parameters, device {ctx.device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}"
-             f"{', bf16 autocast' if amp else ''}, output {out}")
+             f"{', bf16 autocast' if amp else ''}{', compiled' if compiling else ''}, output {out}")
     logger = RunLogger(out, resume=bool(resume), enabled=ctx.is_main, best_metric=task.best_metric)
     status = 0
     with StopSignal() as stop:
@@ -254,7 +258,7 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
 
             ctx.broadcast_buffers(model)  # every process validates with rank 0's BatchNorm statistics
             val = ({} if val_set is None else  # a task without a validation split picks the best by training
-                   task.validate(model, val_set, ctx, amp, max_batches=1 if cfg.train.quickdebug else None))
+                   task.validate(validation_forward, val_set, ctx, amp, max_batches=1 if cfg.train.quickdebug else None))
             lrs = {group.get("name", str(i)): lr for i, (group, lr) in
                    enumerate(zip(optimizer.param_groups, scheduler.get_last_lr()))}
             scheduler.step()
@@ -268,6 +272,8 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
                       **{f"val_{k}": v for k, v in val.items()}, **{f"lr_{k}": v for k, v in lrs.items()},
                       f"best_{task.best_metric}": progress.best_score, "best_epoch": progress.best_epoch,
                       "seconds": time.perf_counter() - started}
+            if compiling:
+                record["compiled_graphs"] = compiled_graphs()
             progress.epoch, progress.next_batch, progress.sums = epoch, 0, {}
             state = training_state(model, optimizer, scheduler, progress, cfg, ctx)
             logger.epoch(record, train_metrics, val, lrs)

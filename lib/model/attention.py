@@ -4,33 +4,80 @@ Every attention computes softmax(q k^T * d^-0.5 + bias) v through `multi_head_at
 groups (N*M*T for spatial attention over the V = 17 joints, N*M*V for temporal attention over the T
 frames), h heads, d = C / h. Export code (lib/deploy) replaces these modules with its own at export time;
 nothing here knows about it.
+
+How the product is computed is the model setting `attention` (ATTENTION_CHOICES), the same numbers every way:
+  explicit        q k^T, + bias, softmax, @ v as separate operations (torch.compile fuses them)
+  sdpa            F.scaled_dot_product_attention, PyTorch picking its kernel
+  sdpa_cudnn, sdpa_efficient, sdpa_math   that function restricted to one back-end (cuDNN's fused
+                  attention, the memory-efficient kernel, the reference maths)
+  flex            FlexAttention with the bias as a score modification (fast only under torch.compile)
+  auto            per attention, by its number of keys and where it runs (`resolve_attention`)
+benchmarks/bench_gpu.py measures each at the model's shapes.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-EXPLICIT_MAX_KEYS = 32  # in CPU inference, attention over at most this many keys runs unfused
+ATTENTION_CHOICES = ("auto", "explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex")
+SDPA_BACKENDS = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "sdpa_math": SDPBackend.MATH}
+EXPLICIT_MAX_KEYS = 32  # `auto`: attention over at most this many keys (the 17 joints) runs explicit
 
 
-def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool = False):
-    """softmax(q k^T * d^-0.5 + bias) v per head. q [B', Lq, C], k and v [B', Lk, C], bias broadcastable to
-    [B', h, Lq, Lk] or None. Returns (output [B', Lq, C], probabilities [B', h, Lq, Lk] or None).
+def resolve_attention(attention: str, num_keys: int, device: torch.device) -> str:
+    """The implementation `attention` stands for here. `auto` is explicit over at most EXPLICIT_MAX_KEYS keys
+    on CUDA and in CPU inference (fused kernels are built for long sequences: on a 17-key row they compute
+    mostly padding), and `sdpa` otherwise: over the frames, and in CPU training (benchmarks/README.md,
+    "Attention implementations", has the measurements behind each choice)."""
+    if attention != "auto":
+        return attention
+    if num_keys <= EXPLICIT_MAX_KEYS and (device.type == "cuda" or not torch.is_grad_enabled()):
+        return "explicit"
+    return "sdpa"
 
-    Fused `scaled_dot_product_attention` normally; an explicit softmax when the probabilities are asked
-    for, and in CPU inference over at most EXPLICIT_MAX_KEYS keys (the 17 joints), for which the fused
-    CPU kernel, made for long sequences, is not used (no script in benchmarks/ compares the two)."""
+
+def flex_attention(q, k, v, bias=None):
+    """FlexAttention over [B', h, L, d]; `bias` [1, h, Lq, Lk] (or None) is added to the scaled scores."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    if bias is None:
+        return flex(q, k, v)
+    head_bias = bias[0]  # [h, Lq, Lk]
+
+    def add_bias(score, batch, head, q_index, k_index):
+        return score + head_bias[head, q_index, k_index]
+
+    return flex(q, k, v, score_mod=add_bias)
+
+
+def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool = False, attention: str = "auto"):
+    """softmax(q k^T * d^-0.5 + bias) v per head. q [B', Lq, C], k and v [B', Lk, C]; the rest as `attend`."""
     q, k, v = (t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B', h, L, d]
-    short_cpu_inference = q.device.type == "cpu" and not torch.is_grad_enabled() and k.shape[-2] <= EXPLICIT_MAX_KEYS
-    if return_probs or short_cpu_inference:
+    return attend(q, k, v, bias, return_probs, attention)
+
+
+def attend(q, k, v, bias=None, return_probs: bool = False, attention: str = "auto"):
+    """softmax(q k^T * d^-0.5 + bias) v on heads: q [B', h, Lq, d], k and v [B', h, Lk, d], bias broadcastable
+    to [B', h, Lq, Lk] (flex: [1, h, Lq, Lk]) or None. Returns (output [B', Lq, h * d], probabilities
+    [B', h, Lq, Lk] or None). `attention` is one of ATTENTION_CHOICES; asking for the probabilities always
+    runs explicit."""
+    attention = "explicit" if return_probs else resolve_attention(attention, k.shape[-2], q.device)
+    probs = None
+    if attention == "explicit":
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
         if bias is not None:
             scores = scores + bias
         probs = scores.softmax(dim=-1)
         out = probs @ v
-        probs = probs if return_probs else None
+    elif attention == "flex":
+        out = flex_attention(q, k, v, bias)
+    elif attention in SDPA_BACKENDS:
+        with sdpa_kernel(SDPA_BACKENDS[attention]):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     else:
-        out, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
-    return out.transpose(1, 2).flatten(2), probs  # [B', Lq, C]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return out.transpose(1, 2).flatten(2), probs if return_probs else None  # [B', Lq, C]
 
 
 class DropPath(nn.Module):
@@ -71,16 +118,17 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with an optional additive bias on the scores (before the softmax) and
     dropout `proj_drop` after the output projection. Temporal attention uses it without a bias."""
 
-    def __init__(self, dim: int, num_heads: int, proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, proj_drop: float = 0.0, attention: str = "auto"):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.attention = num_heads, attention
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, bias=None, return_probs: bool = False):  # x [B', L, C]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x [B', L, C]
-        out, probs = multi_head_attention(q, k, v, self.num_heads, bias, return_probs)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1))  # [B', L, 3, h, d]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # 3 x [B', h, L, d], in one copy
+        out, probs = attend(q, k, v, bias, return_probs, self.attention)
         return self.proj_drop(self.proj(out)), probs
 
 
@@ -91,8 +139,8 @@ class JointToJointAttention(SelfAttention):
     (`initial_bias`), alpha at 1. Without `use_bias` the attention is plain."""
 
     def __init__(self, dim: int, num_heads: int, initial_bias: torch.Tensor, use_bias: bool = True,
-                 proj_drop: float = 0.0):
-        super().__init__(dim, num_heads, proj_drop)
+                 proj_drop: float = 0.0, attention: str = "auto"):
+        super().__init__(dim, num_heads, proj_drop, attention)
         self.use_bias = use_bias
         if use_bias:
             self.joint_bias = nn.Parameter(initial_bias.expand(num_heads, -1, -1).clone())  # [h, V, V]
@@ -120,11 +168,12 @@ class JointToHyperedgeAttention(nn.Module):
     (`reference_scramble` of q, e and the second half of the flat k|v projection)."""
 
     def __init__(self, dim: int, num_heads: int, layout: str = "standard", use_main: bool = True,
-                 use_bias: bool = True, proj_drop: float = 0.0):
+                 use_bias: bool = True, proj_drop: float = 0.0, attention: str = "auto"):
         super().__init__()
         if not (use_main or use_bias):
             raise ValueError("joint-to-hyperedge attention needs the main term or the bias term")
         self.num_heads, self.layout, self.use_main, self.use_bias = num_heads, layout, use_main, use_bias
+        self.attention = attention
         self.q = nn.Linear(dim, dim)
         if layout == "reference":
             self.kv = nn.Linear(dim, 2 * dim)  # the published fused key|value projection
@@ -158,5 +207,5 @@ class JointToHyperedgeAttention(nn.Module):
     def forward(self, x, edge_features, return_probs: bool = False):
         """x: normalised joints [B', V, C]; edge_features: hyperedge feature of each joint [B', V, C]."""
         q, e, value = self.queries_keys_values(x, edge_features)
-        out, probs = multi_head_attention(q, e, value, self.num_heads, None, return_probs)
+        out, probs = multi_head_attention(q, e, value, self.num_heads, None, return_probs, self.attention)
         return self.proj_drop(self.proj(out)), probs

@@ -38,16 +38,17 @@ class BackboneConfig:
     j2e_layout: str = "standard"
     j2e_main: bool = True
     j2e_bias: bool = True
+    attention: str = "auto"  # [attention] how attention is computed: lib.model.attention.ATTENTION_CHOICES
 
 
 class JointToJointBlock(nn.Module):
     """Pre-norm joint-to-joint attention and MLP over the joints of each frame, x [B*T, V, C]."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, initial_bias: torch.Tensor, use_bias: bool,
-                 drop_path: float, drop: float):
+                 drop_path: float, drop: float, attention: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = JointToJointAttention(dim, num_heads, initial_bias, use_bias, proj_drop=drop)
+        self.attn = JointToJointAttention(dim, num_heads, initial_bias, use_bias, proj_drop=drop, attention=attention)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
@@ -62,11 +63,12 @@ class HypergraphBlock(nn.Module):
     """Pre-norm joint-to-hyperedge attention and MLP (no dropout in the MLP, as published), x [B*T, V, C]."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, joint_label, layout: str, use_main: bool,
-                 use_bias: bool, drop_path: float, drop: float):
+                 use_bias: bool, drop_path: float, drop: float, attention: str = "auto"):
         super().__init__()
         self.edges = HyperedgeFeatures(dim, joint_label)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = JointToHyperedgeAttention(dim, num_heads, layout, use_main, use_bias, proj_drop=drop)
+        self.attn = JointToHyperedgeAttention(dim, num_heads, layout, use_main, use_bias, proj_drop=drop,
+                                              attention=attention)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
@@ -81,10 +83,10 @@ class SelfAttentionBlock(nn.Module):
     """Pre-norm self-attention and MLP over the tokens of each group, x [B', L, C]: the temporal block
     (over the frames of each joint, [B*V, T, C])."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, attention: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads)
+        self.attn = SelfAttention(dim, num_heads, attention=attention)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
@@ -123,11 +125,12 @@ class SkeletonBackbone(nn.Module):
         drop = drop_path if cfg.block_dropout else [0.0] * cfg.depth
         self.spatial_blocks = nn.ModuleList(
             SpatialBlock(JointToJointBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, torch.as_tensor(initial, dtype=torch.float32),
-                                           cfg.j2j_adjacency, p, d),
+                                           cfg.j2j_adjacency, p, d, cfg.attention),
                          HypergraphBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.joint_label, cfg.j2e_layout,
-                                         cfg.j2e_main, cfg.j2e_bias, p, d) if cfg.with_hypergraph else None)
+                                         cfg.j2e_main, cfg.j2e_bias, p, d, cfg.attention) if cfg.with_hypergraph else None)
             for p, d in zip(drop_path, drop))
-        self.temporal_blocks = nn.ModuleList(SelfAttentionBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, p) for p in drop_path)
+        self.temporal_blocks = nn.ModuleList(SelfAttentionBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, p, cfg.attention)
+                                             for p in drop_path)
         self.spatial_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.temporal_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
 
