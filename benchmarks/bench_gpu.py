@@ -49,7 +49,7 @@ from lib.model.attention import attend  # noqa: E402
 
 CONFIG = ROOT / "configs/action/train_NTU60_xsub_small.yaml"
 HYPER = ROOT / "hyper_config/method2/manual_joint_label1.yaml"
-PUBLISHED = ROOT / "benchmarks/results/published_h200.jsonl"
+PUBLISHED = ROOT / "benchmarks/results/h200/published_vs_ours_before.jsonl"
 SECTIONS = ("attention", "train", "infer", "ops", "loader", "epoch", "demo", "resume", "ddp")
 ATTENTION_IMPLS = ("explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "flex")
 COMPILED_ATTENTION = ("explicit", "sdpa", "flex")  # the SDPA back-ends compile to the same kernel as eager
@@ -59,6 +59,16 @@ CHILD_TIMEOUT_S = 300
 def timed_setups(quick: bool, sections) -> list[dict]:
     """The setups that run one per process: kind train / infer / attention, with their settings."""
     setups = []
+    if "train" in sections:
+        for batch in (8, 32):
+            for compiled in (False, True):
+                setups.append(dict(kind="train", batch=batch, compile=compiled, attention="auto"))
+        for attention in ("sdpa", "flex"):  # the other implementations in the whole compiled model
+            setups.append(dict(kind="train", batch=32, compile=True, attention=attention))
+    if "infer" in sections:
+        for batch in (1, 64):
+            for mode in ("eager", "compiled", "cudagraphs"):
+                setups.append(dict(kind="infer", batch=batch, mode=mode))
     if "attention" in sections:
         for shape in ("joint", "temporal"):
             for impl in ATTENTION_IMPLS:
@@ -66,14 +76,6 @@ def timed_setups(quick: bool, sections) -> list[dict]:
                     if (impl == "flex" and not compiled) or (compiled and impl not in COMPILED_ATTENTION):
                         continue  # eager FlexAttention is a reference implementation, not a kernel
                     setups.append(dict(kind="attention", shape=shape, impl=impl, compile=compiled, batch=8))
-    if "train" in sections:
-        for batch in (8, 32):
-            for compiled in (False, True):
-                setups.append(dict(kind="train", batch=batch, compile=compiled))
-    if "infer" in sections:
-        for batch, modes in ((1, ("eager", "compiled", "cudagraphs")), (64, ("eager", "compiled", "cudagraphs"))):
-            for mode in modes:
-                setups.append(dict(kind="infer", batch=batch, mode=mode))
     if quick:  # the CPU: eager only, batch 2, and the CPU has neither cuDNN nor the efficient kernel
         quick_setups = {}
         for s in setups:
@@ -88,7 +90,8 @@ def setup_name(s: dict) -> str:
     if s["kind"] == "attention":
         return f"attention {s['shape']}, {s['impl']}{', compiled' if s['compile'] else ''}, batch {s['batch']}"
     if s["kind"] == "train":
-        return f"train step, batch {s['batch']}{', compiled' if s['compile'] else ''}"
+        attention = "" if s["attention"] == "auto" else f", attention {s['attention']}"
+        return f"train step, batch {s['batch']}{', compiled' if s['compile'] else ''}{attention}"
     return f"inference, batch {s['batch']}, {s['mode']}"
 
 
@@ -162,6 +165,7 @@ def run_setup(s: dict, steps: int, device, frames: int) -> dict:
         return dict(times=times, warmup_seconds=warmup_seconds, kernels=kernels)
 
     cfg = load_cfg(frames)
+    cfg.model.attention = s.get("attention", "auto")
     model = action_model(cfg).to(device)
     x = torch.randn(s["batch"], 2, frames, 17, 3, device=device)
     if s["kind"] == "train":
@@ -205,48 +209,52 @@ def published_seconds() -> dict:
         for line in PUBLISHED.read_text().splitlines():
             run = json.loads(line)
             if run["impl"] == "published" and not run["amp"]:
-                figures[(run["mode"], run["batch"])] = (run["step_seconds"], run["peak_memory_bytes"])
+                figures[(run["mode"], run["batch"])] = (run["step_seconds"], run["peak_memory_bytes"])  # mode: train / infer
     return figures
 
 
-def child(s: dict, args, compile_only: bool = False) -> dict:
-    """Run setup `s` in a fresh process; its JSON (or the error)."""
-    command = [sys.executable, __file__, "--setup", json.dumps(s), "--steps", "1" if compile_only else str(args.steps),
+def child(setups: list[dict], args, compile_only: bool = False) -> list[dict]:
+    """Run `setups` one after the other in a fresh process; their JSON (or the error, for each not measured)."""
+    command = [sys.executable, __file__, "--setup", json.dumps(setups), "--steps", "1" if compile_only else str(args.steps),
                "--frames", str(args.frames), "--device", args.device]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=CHILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"error": f"no result within {CHILD_TIMEOUT_S} s", "seconds": time.perf_counter() - started}
-    if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
-                "seconds": time.perf_counter() - started}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired as timeout:
+        done = subprocess.CompletedProcess(command, -1, timeout.stdout or "", f"no result within {CHILD_TIMEOUT_S} s")
+    runs = [json.loads(line) for line in (done.stdout or "").splitlines() if line.startswith("{")]
+    if len(runs) < len(setups):
+        error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        runs += [{"error": error, "seconds": time.perf_counter() - started}] * (len(setups) - len(runs))
+    return runs
 
 
 def section_timed(setups, args, result):
-    """Compile every compiled setup side by side (warming the caches), then time each alone in a fresh process."""
-    compiled = [s for s in setups if s.get("compile") or s.get("mode", "eager") != "eager"]
+    """Compile every compiled model setup side by side (warming torch.compile's caches), then time each model
+    setup alone in a fresh process, and the attention setups one after the other in one more process."""
+    models = [s for s in setups if s["kind"] != "attention"]
+    compiled = [s for s in models if s.get("compile") or s.get("mode", "eager") != "eager"]
     if compiled:
         print(f"compiling {len(compiled)} setups side by side ...", flush=True)
-        with ThreadPoolExecutor(max_workers=min(len(compiled), 6)) as pool:
-            warm = list(pool.map(lambda s: child(s, args, compile_only=True), compiled))
+        with ThreadPoolExecutor(max_workers=min(len(compiled), 8)) as pool:
+            warm = list(pool.map(lambda s: child([s], args, compile_only=True)[0], compiled))
         for s, w in zip(compiled, warm):
             s["cold_compile_seconds"] = w.get("warmup_seconds")
     published = published_seconds()
-    for s in setups:
-        run = child(s, args)
-        row = {"setup": setup_name(s), **s, **run}
-        if "times" in run:
-            row["step_seconds"] = statistics.median(run["times"])
-            mode = {"train": "train", "infer": "infer"}.get(s["kind"])
-            if args.device == "cuda" and (mode, s["batch"]) in published:
-                seconds, memory = published[(mode, s["batch"])]
-                row["published_step_seconds"], row["published_peak_memory_bytes"] = seconds, memory
-                row["speedup"] = seconds / row["step_seconds"]
-        result["runs"].append(row)
-        print(format_row(row), flush=True)
-        save_partial(result)
+    attention = [s for s in setups if s["kind"] == "attention"]
+    batches = [[s] for s in models] + ([attention] if attention else [])
+    for batch in batches:
+        for s, run in zip(batch, child(batch, args)):
+            row = {"setup": setup_name(s), **s, **run}
+            if "times" in run:
+                row["step_seconds"] = statistics.median(run["times"])
+                if args.device == "cuda" and (s["kind"], s["batch"]) in published:
+                    seconds, memory = published[(s["kind"], s["batch"])]
+                    row["published_step_seconds"], row["published_peak_memory_bytes"] = seconds, memory
+                    row["speedup"] = seconds / row["step_seconds"]
+            result["runs"].append(row)
+            print(format_row(row), flush=True)
+            save_partial(result)
 
 
 def save_partial(result: dict):
@@ -334,39 +342,63 @@ def run_command(name: str, command: list[str], result: dict, env=None) -> subpro
     return done
 
 
-def train_command(pickle: Path, out: Path, epochs: int, extra=()) -> list[str]:
-    return [sys.executable, "train_action.py", "--config", str(CONFIG), "-c", str(out), "--device", "cuda",
-            "--set", f"data_root={pickle.parent}", "--set", f"dataset={pickle.stem}", "--set", f"epochs={epochs}",
-            "--set", "batch_size=32", *extra]
+# --quick runs the epoch and resume sections on the CPU with a tiny model; the full run at the published size.
+TINY = ["dim_rep=16", "depth=1", "num_heads=2", "clip_len=8", "maxlen=8", "hidden_dim=32", "num_workers=0"]
+
+
+def epoch_batch(args) -> int:
+    return 4 if args.quick else 32
+
+
+def train_command(pickle: Path, out: Path, epochs: int, args, extra=()) -> list[str]:
+    sets = (TINY if args.quick else []) + [f"batch_size={epoch_batch(args)}"]
+    command = [sys.executable, "train_action.py", "--config", str(CONFIG), "-c", str(out), "--device", args.device,
+               "--set", f"data_root={pickle.parent}", "--set", f"dataset={pickle.stem}", "--set", f"epochs={epochs}"]
+    for assignment in sets:
+        command += ["--set", assignment]
+    return command + list(extra)
 
 
 def section_epoch(args, result, workdir: Path):
-    """One published-size epoch of train_action.py with its loader (compiled, automatic workers)."""
-    pickle = make_pickle(workdir, 1600)
+    """Two epochs of train_action.py at the published size with its loader (compiled on CUDA, automatic
+    workers): the second epoch's seconds (training and validation) and the graphs compiled by then."""
+    pickle = make_pickle(workdir, 240 if args.quick else 1600)
     out = workdir / "epoch"
-    done = run_command("published-size epoch (train_action.py, batch 32)", train_command(pickle, out, 1), result)
+    name = "epochs of train_action.py" + ("" if args.quick else " (published size, batch 32)")
+    done = run_command(name, train_command(pickle, out, 2, args), result)
     metrics = out / "metrics.jsonl"
     if done.returncode == 0 and metrics.exists():
-        record = json.loads(metrics.read_text().splitlines()[-1])
-        result["commands"]["published-size epoch (train_action.py, batch 32)"].update(
-            epoch_seconds=record["seconds"], compiled_graphs=record.get("compiled_graphs"))
-        print(f"  epoch {record['seconds']:.1f} s, {record.get('compiled_graphs')} graphs compiled", flush=True)
+        first, second = (json.loads(line) for line in metrics.read_text().splitlines())
+        train_clips = len(load_store_indices(pickle, "xsub_train")) // epoch_batch(args) * epoch_batch(args)
+        result["commands"][name].update(first_epoch_seconds=first["seconds"], epoch_seconds=second["seconds"],
+                                        train_clips=train_clips, compiled_graphs=[first.get("compiled_graphs"),
+                                                                                  second.get("compiled_graphs")])
+        graphs = (f"; graphs compiled after each epoch: {first['compiled_graphs']}, {second['compiled_graphs']} (epoch 1 "
+                  "includes the compiling)" if "compiled_graphs" in second else "")
+        print(f"  epoch 1 {first['seconds']:.1f} s, epoch 2 {second['seconds']:.1f} s for {train_clips} training clips "
+              f"and the validation split{graphs}", flush=True)
+
+
+def load_store_indices(pickle: Path, split: str):
+    from lib.data.pyskl import load_store
+
+    return load_store(pickle).split_indices(split)
 
 
 def section_resume(args, result, workdir: Path):
     """Two epochs straight against one epoch then -r latest_epoch.bin: the final weights must be equal."""
-    pickle = make_pickle(workdir, 1600)
-    small = ["--set", "clip_len=32", "--set", "maxlen=32", "--set", "compile=false"]
+    pickle = make_pickle(workdir, 240 if args.quick else 1600)
+    small = [] if args.quick else ["--set", "clip_len=32", "--set", "maxlen=32", "--set", "compile=false"]
     straight, split = workdir / "straight", workdir / "split"
-    run_command("resume: 2 epochs", train_command(pickle, straight, 2, small), result)
-    run_command("resume: 1 epoch", train_command(pickle, split, 1, small), result)
-    run_command("resume: -r, epoch 2", train_command(pickle, split, 2, small + ["-r", str(split / "latest_epoch.bin")]),
-                result)
+    run_command("resume: 2 epochs", train_command(pickle, straight, 2, args, small), result)
+    run_command("resume: 1 epoch", train_command(pickle, split, 1, args, small), result)
+    run_command("resume: -r, epoch 2",
+                train_command(pickle, split, 2, args, small + ["-r", str(split / "latest_epoch.bin")]), result)
     a = torch.load(straight / "latest_epoch.bin", map_location="cpu", weights_only=False)["model"]
     b = torch.load(split / "latest_epoch.bin", map_location="cpu", weights_only=False)["model"]
     difference = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     result["resume_max_weight_difference"] = difference
-    print(f"resume on CUDA: largest weight difference {difference}", flush=True)
+    print(f"resume on {args.device}: largest weight difference {difference}", flush=True)
 
 
 def section_demo(args, result):
@@ -381,7 +413,7 @@ def section_ddp(args, result, workdir: Path):
         return
     pickle = make_pickle(workdir, 1600)
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}"] + \
-        train_command(pickle, workdir / "ddp", 1)[1:]
+        train_command(pickle, workdir / "ddp", 1, args)[1:]
     run_command(f"torchrun, {gpus} GPUs, NCCL", command, result)
 
 
@@ -391,16 +423,23 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="timed steps per setup (default 5; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="the CPU, 32 frames, eager setups only, in seconds")
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/gpu.json; --quick: only --out)")
-    p.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--frames", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--setup", default=None, help=argparse.SUPPRESS)  # internal: one setup, JSON out
+    p.add_argument("--device", default=None, help="cuda (default), or cpu (default with --quick)")
+    p.add_argument("--frames", type=int, default=None, help="clip length (default 243; 32 with --quick)")
+    p.add_argument("--setup", default=None, metavar="JSON",
+                   help="run these setups (a JSON list, as the JSON's runs name them) in this process and print "
+                        "one JSON line each (how every timed process is started)")
     args = p.parse_args()
     args.steps = args.steps or (1 if args.quick else 5)
     args.frames = args.frames or (32 if args.quick else 243)
     args.device = args.device or ("cpu" if args.quick else "cuda")
     device = torch.device(args.device)
     if args.setup:
-        print(json.dumps(run_setup(json.loads(args.setup), args.steps, device, args.frames)))
+        for setup in json.loads(args.setup):
+            try:
+                run = run_setup(setup, args.steps, device, args.frames)
+            except Exception as error:  # a setup this GPU or torch cannot run is a result too
+                run = {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"}
+            print(json.dumps(run), flush=True)
         return
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU; --quick runs its code on the CPU")
@@ -420,10 +459,12 @@ def main():
             section_ops(args, result, device)
         if "loader" in args.sections:
             section_loader(args, result, workdir)
-        if device.type == "cuda":
-            for name, fn in (("epoch", section_epoch), ("resume", section_resume), ("ddp", section_ddp)):
-                if name in args.sections:
-                    fn(args, result, workdir)
+        for name, fn in (("epoch", section_epoch), ("resume", section_resume)):
+            if name in args.sections:
+                fn(args, result, workdir)
+        if device.type == "cuda":  # the CPU runs the demo in make demo, and torchrun in the test suite
+            if "ddp" in args.sections:
+                section_ddp(args, result, workdir)
             if "demo" in args.sections:
                 section_demo(args, result)
     finally:

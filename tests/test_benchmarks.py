@@ -89,6 +89,32 @@ def restore(folder: Path, before: dict):
             os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
+def test_bench_gpu_quick_runs_every_section_it_can_on_the_cpu(tmp_path):
+    """The GPU check's code on the CPU: a training step and a forward pass in fresh processes, the attention
+    implementations, operator counts, the loader, two epochs of train_action.py and an exact resume."""
+    out = tmp_path / "gpu.json"
+    result = run_benchmark("bench_gpu.py", "--out", out)
+    report = json.loads(out.read_text())
+    runs = {run["setup"]: run for run in report["runs"]}
+    assert {"train step, batch 2", "inference, batch 2, eager"} <= set(runs)
+    attention = {(run["shape"], run["impl"]) for run in report["runs"] if run["kind"] == "attention"}
+    assert attention == {(shape, impl) for shape in ("joint", "temporal") for impl in ("explicit", "sdpa")}
+    for run in report["runs"]:
+        assert "error" not in run, run
+        assert len(run["times"]) == 1 and run["step_seconds"] > 0 and "speedup" not in run  # no GPU baseline here
+        assert f"{run['setup']} " in result.stdout
+    for what in ("forward", "train_step"):
+        counts = report["operators"][what]
+        assert counts["kernels"] > counts["copies"] > 0 and counts["top"]
+    assert report["operators"]["train_step"]["kernels"] > report["operators"]["forward"]["kernels"]
+    loader = report["loader"]
+    assert loader["automatic_workers"] == 2 and all(rate > 0 for rate in loader["clips_per_second_by_workers"].values())
+    epochs = report["commands"]["epochs of train_action.py"]
+    assert epochs["returncode"] == 0 and epochs["epoch_seconds"] > 0 and epochs["train_clips"] > 0
+    assert all(c["returncode"] == 0 for name, c in report["commands"].items() if name.startswith("resume"))
+    assert report["resume_max_weight_difference"] == 0.0
+
+
 def test_every_script_decides_where_to_write_in_one_place():
     """A smoke run (--quick) writes its JSON only where --out says; a full run defaults to results/."""
     from benchmarks.common import RESULTS as DEFAULT_FOLDER, out_path
@@ -96,7 +122,7 @@ def test_every_script_decides_where_to_write_in_one_place():
     assert out_path(None, quick=True, default="train.json") is None
     assert out_path(None, quick=False, default="train.json") == DEFAULT_FOLDER / "train.json"
     assert out_path(Path("x.json"), quick=True, default="train.json") == Path("x.json")
-    for script in ("bench_data.py", "bench_train.py", "bench_infer.py"):
+    for script in ("bench_data.py", "bench_train.py", "bench_infer.py", "bench_gpu.py"):
         source = (ROOT / "benchmarks" / script).read_text()
         assert "out_path(" in source and "RESULTS /" not in source, script
 

@@ -70,21 +70,23 @@ def micro_batch_size(cfg: Config, device: torch.device) -> int:
 
 
 CPU_LOADER_WORKERS = 2
-# Loader clips/s one worker reads and the compiled model trains on one GPU at the published size: measured by
-# benchmarks/bench_gpu.py on an H200 machine (benchmarks/README.md, "GPU").
-WORKER_CLIPS_PER_SECOND = 180.0
-GPU_CLIPS_PER_SECOND = 400.0
+# Training clips/s that one loader worker prepares, and that the compiled model trains on one GPU, at the
+# published size: benchmarks/bench_gpu.py on an H200 machine (benchmarks/README.md, "GPU"; 793 clips/s per
+# worker on its Xeon, 318 clips/s at batch 32).
+WORKER_CLIPS_PER_SECOND = 790.0
+GPU_CLIPS_PER_SECOND = 320.0
 
 
 def loader_workers(cfg: Config, device: torch.device) -> int:
     """DataLoader processes: `data.num_workers`, or automatically 2 on the CPU (where the model, not the
-    loader, is the bottleneck) and on CUDA as many as read twice what the compiled model trains on
-    (GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND), at most one per core but one."""
+    loader, is the bottleneck) and on CUDA as many as prepare twice what the compiled model trains on
+    (GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND), and never fewer than the CPU's 2, so that a host CPU
+    slower than the one measured still keeps up; at most one per core but one."""
     if cfg.data.num_workers is not None:
         return cfg.data.num_workers
     if device.type != "cuda":
         return CPU_LOADER_WORKERS
-    needed = math.ceil(2 * GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND)
+    needed = max(CPU_LOADER_WORKERS, math.ceil(2 * GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND))
     return max(1, min(needed, (os.cpu_count() or 2) - 1))
 
 
