@@ -377,7 +377,7 @@ def test_single_clip_without_flip_predicts_the_plain_logits_bit_for_bit(setup):
     assert cfg.data.num_clips == 1 and cfg.data.flip_test is False  # the published protocol by default
     model = load_model(setup)
     dataset = ActionDataset(setup["store"], cfg.data, train=False)
-    loader = eval_loader(dataset, cfg.train.batch_size, 0, torch.device("cpu"))
+    loader = eval_loader(dataset, cfg, torch.device("cpu"))
     scores, labels = predict(model, loader, torch.device("cpu"))
     clips = np.stack([dataset[i][0] for i in range(len(dataset))])
     expected = model_logits(model, clips, cfg.train.batch_size)
@@ -413,10 +413,10 @@ def test_num_clips_gives_fixed_resampled_clips(setup):
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_fused_score_is_log_of_mean_softmax(setup, flip):
-    cfg3 = setup["make_cfg"]("num_clips=3")
+    cfg3 = setup["make_cfg"]("num_clips=3", "batch_size=8")
     model = load_model(setup)
     dataset = ActionDataset(setup["store"], cfg3.data, train=False)
-    loader = eval_loader(dataset, 8, 0, torch.device("cpu"))
+    loader = eval_loader(dataset, cfg3, torch.device("cpu"))
     scores, labels = predict(model, loader, torch.device("cpu"), flip=flip)
     expected = []
     for i in range(len(dataset)):
