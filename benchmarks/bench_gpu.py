@@ -1,29 +1,29 @@
 """The GPU check: one command that measures training and inference on a GPU against the published code's
 figures, the attention implementations at the model's shapes, kernels per step, the data loader, and runs
-a published-size epoch, the demo and an exact resume on CUDA. Prints one table, writes JSON.
+two published-size epochs, the demo and an exact resume on CUDA. Prints one table, writes JSON.
 
-    python benchmarks/bench_gpu.py [--sections attention train infer ops loader epoch demo resume ddp]
+    python benchmarks/bench_gpu.py [--sections train infer attention ops loader epoch resume ddp demo]
                                    [--steps 5] [--out benchmarks/results/gpu.json] [--quick]
 
-Published size (T=243, 2 persons, C=128, depth 6, 8 heads); every timed setup runs in its own fresh process:
+Published size (T=243, 2 persons, C=128, depth 6, 8 heads); every model setup runs in its own fresh process:
 warm-up steps, then --steps timed steps, their median reported; CUDA is synchronised around each. Before the
-timed processes, the compiled setups are compiled once, side by side, so that the timed processes find
+timed processes, the compiled model setups are compiled once, side by side, so that the timed processes find
 torch.compile's caches warm (the compile time of each is recorded). The published code's own figures (its
-model and training loop on the same GPU type, benchmarks/results/published_h200.jsonl) give the speed-up
-column; `--quick` runs the same code eagerly on the CPU in seconds (32 frames, small batches, compiled
-setups and the CUDA-only sections skipped) and writes JSON only to --out.
+model and training loop on the same GPU type, benchmarks/results/h200/published_vs_ours_before.jsonl) give
+the speed-up column. `--quick` runs the same code on the CPU in about half a minute (32 frames, batch 2,
+eager setups only; epoch and resume with a tiny model; no demo, no torchrun) and writes JSON only to --out.
 
-Sections: attention (each implementation of lib.model.attention, forward and backward, eager and compiled,
-at the spatial and temporal shapes of a batch of 8), train (a step at batch 8 and 32, eager and compiled),
-infer (batch 1 and 64: eager, compiled, CUDA graphs), ops (ATen operators a step and a forward pass
-dispatch, benchmarks/op_count.py, and GPU kernels per step from the profiler), loader (clips/s of the data
-pipeline with 1 worker and with the automatic number), epoch (one published-size epoch of train_action.py,
-its loader included), demo (`python -m lib.demo` on CUDA), resume (two epochs against one epoch and a
-resume: the weights must be equal), ddp (torchrun with NCCL, when there are 2 or more GPUs).
+Sections: train (a step at batch 8 and 32, eager and compiled), infer (batch 1 and 64: eager, compiled, CUDA
+graphs), attention (each implementation of lib.model.attention, forward and backward, eager and compiled, at
+the spatial and temporal shapes of a batch of 8, one after the other in one process; and whole compiled
+training steps with `sdpa` and `flex`), ops (ATen operators a step and a forward pass dispatch,
+benchmarks/op_count.py; GPU kernels per step come from the profiler in every timed setup), loader (clips/s
+of the data pipeline with 1 worker and with the automatic number), epoch (two published-size epochs of
+train_action.py, its loader included), resume (two epochs against one epoch and a resume: the weights must
+be equal), ddp (torchrun with NCCL, when there are 2 or more GPUs), demo (`python -m lib.demo` on CUDA).
 """
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -50,7 +50,7 @@ from lib.model.attention import attend  # noqa: E402
 CONFIG = ROOT / "configs/action/train_NTU60_xsub_small.yaml"
 HYPER = ROOT / "hyper_config/method2/manual_joint_label1.yaml"
 PUBLISHED = ROOT / "benchmarks/results/h200/published_vs_ours_before.jsonl"
-SECTIONS = ("attention", "train", "infer", "ops", "loader", "epoch", "demo", "resume", "ddp")
+SECTIONS = ("train", "infer", "attention", "ops", "loader", "epoch", "resume", "ddp", "demo")
 ATTENTION_IMPLS = ("explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "flex")
 COMPILED_ATTENTION = ("explicit", "sdpa", "flex")  # the SDPA back-ends compile to the same kernel as eager
 CHILD_TIMEOUT_S = 300
@@ -63,13 +63,13 @@ def timed_setups(quick: bool, sections) -> list[dict]:
         for batch in (8, 32):
             for compiled in (False, True):
                 setups.append(dict(kind="train", batch=batch, compile=compiled, attention="auto"))
-        for attention in ("sdpa", "flex"):  # the other implementations in the whole compiled model
-            setups.append(dict(kind="train", batch=32, compile=True, attention=attention))
     if "infer" in sections:
         for batch in (1, 64):
             for mode in ("eager", "compiled", "cudagraphs"):
                 setups.append(dict(kind="infer", batch=batch, mode=mode))
     if "attention" in sections:
+        for attention in ("sdpa", "flex"):  # the other implementations in the whole compiled model
+            setups.append(dict(kind="train", batch=32, compile=True, attention=attention))
         for shape in ("joint", "temporal"):
             for impl in ATTENTION_IMPLS:
                 for compiled in (False, True):

@@ -11,7 +11,7 @@ How the product is computed is the model setting `attention` (ATTENTION_CHOICES)
   sdpa_cudnn, sdpa_efficient, sdpa_math   that function restricted to one back-end (cuDNN's fused
                   attention, the memory-efficient kernel, the reference maths)
   flex            FlexAttention with the bias as a score modification (fast only under torch.compile)
-  auto            per attention, by its number of keys and where it runs (`resolve_attention`)
+  auto            per attention, by its number of keys (`resolve_attention`)
 benchmarks/bench_gpu.py measures each at the model's shapes.
 """
 import torch
@@ -25,16 +25,14 @@ SDPA_BACKENDS = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_efficient": SDP
 EXPLICIT_MAX_KEYS = 32  # `auto`: attention over at most this many keys (the 17 joints) runs explicit
 
 
-def resolve_attention(attention: str, num_keys: int, device: torch.device) -> str:
-    """The implementation `attention` stands for here. `auto` is explicit over at most EXPLICIT_MAX_KEYS keys
-    on CUDA and in CPU inference (fused kernels are built for long sequences: on a 17-key row they compute
-    mostly padding), and `sdpa` otherwise: over the frames, and in CPU training (benchmarks/README.md,
-    "Attention implementations", has the measurements behind each choice)."""
+def resolve_attention(attention: str, num_keys: int) -> str:
+    """The implementation `attention` stands for. `auto` is explicit over at most EXPLICIT_MAX_KEYS keys (the
+    17 joints: fused kernels are built for long sequences and on a 17-key row compute mostly padding) and
+    `sdpa` over more (the frames); both choices measured fastest on an H200 and on the CPU
+    (benchmarks/README.md, "Attention implementations")."""
     if attention != "auto":
         return attention
-    if num_keys <= EXPLICIT_MAX_KEYS and (device.type == "cuda" or not torch.is_grad_enabled()):
-        return "explicit"
-    return "sdpa"
+    return "explicit" if num_keys <= EXPLICIT_MAX_KEYS else "sdpa"
 
 
 def flex_attention(q, k, v, bias=None):
@@ -62,7 +60,7 @@ def attend(q, k, v, bias=None, return_probs: bool = False, attention: str = "aut
     to [B', h, Lq, Lk] (flex: [1, h, Lq, Lk]) or None. Returns (output [B', Lq, h * d], probabilities
     [B', h, Lq, Lk] or None). `attention` is one of ATTENTION_CHOICES; asking for the probabilities always
     runs explicit."""
-    attention = "explicit" if return_probs else resolve_attention(attention, k.shape[-2], q.device)
+    attention = "explicit" if return_probs else resolve_attention(attention, k.shape[-2])
     probs = None
     if attention == "explicit":
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
