@@ -93,7 +93,7 @@ class ModelConfig:
     j2e_main: bool = True
     j2e_bias: bool = True
     # How attention is computed (the same numbers every way; lib/model/attention.py): auto picks by the number
-    # of keys and the device, from the measurements in benchmarks/README.md ("Attention implementations").
+    # of keys, from the measurements in benchmarks/README.md ("Attention implementations").
     attention: Literal["auto", "explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex"] = "auto"
 
 
