@@ -17,7 +17,8 @@ Sections: train (a step at batch 8 and 32, eager and compiled), infer (batch 1 a
 graphs), attention (each implementation of lib.model.attention, forward and backward, eager and compiled, at
 the spatial and temporal shapes of a batch of 8, one after the other in one process; and whole compiled
 training steps with `sdpa` and `flex`), ops (ATen operators a step and a forward pass dispatch,
-benchmarks/op_count.py; GPU kernels per step come from the profiler in every timed setup), loader (clips/s
+benchmarks/op_count.py; GPU kernels per step come from the profiler in every timed setup), profile (the
+kernels that take the most time in a compiled training step at batch 32, torch.profiler), loader (clips/s
 of the data pipeline with 1 worker and with the automatic number), epoch (two published-size epochs of
 train_action.py, its loader included), resume (two epochs against one epoch and a resume: the weights must
 be equal), ddp (torchrun with NCCL, when there are 2 or more GPUs), demo (`python -m lib.demo` on CUDA).
@@ -50,7 +51,8 @@ from lib.model.attention import attend  # noqa: E402
 CONFIG = ROOT / "configs/action/train_NTU60_xsub_small.yaml"
 HYPER = ROOT / "hyper_config/method2/manual_joint_label1.yaml"
 PUBLISHED = ROOT / "benchmarks/results/h200/published_vs_ours_before.jsonl"
-SECTIONS = ("train", "infer", "attention", "ops", "loader", "epoch", "resume", "ddp", "demo")
+SECTIONS = ("train", "infer", "attention", "ops", "profile", "loader", "epoch", "resume", "ddp", "demo")
+PROFILE_TOP = 15  # kernels listed by the profile section
 ATTENTION_IMPLS = ("explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "flex")
 COMPILED_ATTENTION = ("explicit", "sdpa", "flex")  # the SDPA back-ends compile to the same kernel as eager
 CHILD_TIMEOUT_S = 300
@@ -67,6 +69,8 @@ def timed_setups(quick: bool, sections) -> list[dict]:
         for batch in (1, 64):
             for mode in ("eager", "compiled", "cudagraphs"):
                 setups.append(dict(kind="infer", batch=batch, mode=mode))
+    if "profile" in sections:  # where the time of the default training step goes, kernel by kernel
+        setups.append(dict(kind="train", batch=32, compile=True, attention="auto", profile=True))
     if "attention" in sections:
         for attention in ("sdpa", "flex"):  # the other implementations in the whole compiled model
             setups.append(dict(kind="train", batch=32, compile=True, attention=attention))
@@ -79,6 +83,8 @@ def timed_setups(quick: bool, sections) -> list[dict]:
     if quick:  # the CPU: eager only, batch 2, and the CPU has neither cuDNN nor the efficient kernel
         quick_setups = {}
         for s in setups:
+            if s.get("profile"):
+                s = dict(s, compile=False)  # the CPU profiles the eager step
             if not s.get("compile") and s.get("mode", "eager") == "eager" and s.get("impl") not in ("sdpa_cudnn",
                                                                                                    "sdpa_efficient"):
                 quick_setups.setdefault(setup_name(dict(s, batch=2)), dict(s, batch=2))
@@ -91,7 +97,8 @@ def setup_name(s: dict) -> str:
         return f"attention {s['shape']}, {s['impl']}{', compiled' if s['compile'] else ''}, batch {s['batch']}"
     if s["kind"] == "train":
         attention = "" if s["attention"] == "auto" else f", attention {s['attention']}"
-        return f"train step, batch {s['batch']}{', compiled' if s['compile'] else ''}{attention}"
+        profiled = ", profiled" if s.get("profile") else ""
+        return f"train step, batch {s['batch']}{', compiled' if s['compile'] else ''}{attention}{profiled}"
     return f"inference, batch {s['batch']}, {s['mode']}"
 
 
@@ -118,6 +125,29 @@ def time_calls(fn, steps: int, warmup: int, device) -> tuple[list[float], float]
         synchronize(device)
         times.append(time.perf_counter() - start)
     return times, warmup_seconds
+
+
+def kernel_profile(fn, device) -> list[dict]:
+    """The PROFILE_TOP operators (CUDA: kernels) that took the most device time in one call of fn, with their
+    share of that time; on the CPU the operators by CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    if device.type == "cuda":
+        times = [(e.name, 1, e.device_time) for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        times = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()]
+    by_name = {}
+    for name, calls, microseconds in times:
+        previous_calls, previous_time = by_name.get(name, (0, 0.0))
+        by_name[name] = (previous_calls + calls, previous_time + microseconds)
+    total = sum(t for _, t in by_name.values()) or 1.0
+    top = sorted(by_name.items(), key=lambda item: -item[1][1])[:PROFILE_TOP]
+    return [{"name": name[:120], "calls": calls, "milliseconds": t / 1000, "share": t / total}
+            for name, (calls, t) in top]
 
 
 def gpu_kernels(fn, device) -> int | None:
@@ -197,6 +227,8 @@ def run_setup(s: dict, steps: int, device, frames: int) -> dict:
     times, warmup_seconds = time_calls(step, steps, warmup, device)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     kernels = gpu_kernels(step, device)
+    if s.get("profile"):
+        return dict(times=times, warmup_seconds=warmup_seconds, kernels=kernels, profile=kernel_profile(step, device))
     fell_back = isinstance(forward, CompiledOrEager) and forward.failed
     return dict(times=times, warmup_seconds=warmup_seconds, kernels=kernels, peak_memory_bytes=peak,
                 compile_failed=fell_back)
@@ -254,6 +286,9 @@ def section_timed(setups, args, result):
                     row["speedup"] = seconds / row["step_seconds"]
             result["runs"].append(row)
             print(format_row(row), flush=True)
+            for entry in row.get("profile", []):
+                print(f"    {100 * entry['share']:5.1f}%  {entry['milliseconds']:8.2f} ms  {entry['calls']:5d} x  "
+                      f"{entry['name']}", flush=True)
             save_partial(result)
 
 

@@ -96,7 +96,10 @@ def test_bench_gpu_quick_runs_every_section_it_can_on_the_cpu(tmp_path):
     result = run_benchmark("bench_gpu.py", "--out", out)
     report = json.loads(out.read_text())
     runs = {run["setup"]: run for run in report["runs"]}
-    assert {"train step, batch 2", "inference, batch 2, eager"} <= set(runs)
+    assert {"train step, batch 2", "train step, batch 2, profiled", "inference, batch 2, eager"} <= set(runs)
+    profile = runs["train step, batch 2, profiled"]["profile"]
+    assert len(profile) == 15 and 0 < sum(entry["share"] for entry in profile) <= 1 + 1e-9
+    assert any(entry["name"] == "aten::addmm" for entry in profile)  # the Linear layers, where CPU time goes
     attention = {(run["shape"], run["impl"]) for run in report["runs"] if run["kind"] == "attention"}
     assert attention == {(shape, impl) for shape in ("joint", "temporal") for impl in ("explicit", "sdpa")}
     for run in report["runs"]:
