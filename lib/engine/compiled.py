@@ -33,7 +33,6 @@ class CompiledOrEager:
 
     def __init__(self, module: nn.Module, mode: str = None):
         self.module = module
-        self.mode = mode
         self.compiled = torch.compile(module, mode=mode)
         self.failed = False
 

@@ -5,7 +5,7 @@ groups (N*M*T for spatial attention over the V = 17 joints, N*M*V for temporal a
 frames), h heads, d = C / h. Export code (lib/deploy) replaces these modules with its own at export time;
 nothing here knows about it.
 
-How the product is computed is the model setting `attention` (ATTENTION_CHOICES), the same numbers every way:
+How the product is computed is the model setting `attention` (ModelConfig.attention), the same numbers every way:
   explicit        q k^T, + bias, softmax, @ v as separate operations (torch.compile fuses them)
   sdpa            F.scaled_dot_product_attention, PyTorch picking its kernel
   sdpa_cudnn, sdpa_efficient, sdpa_math   that function restricted to one back-end (cuDNN's fused
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ATTENTION_CHOICES = ("auto", "explicit", "sdpa", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex")
 SDPA_BACKENDS = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
                  "sdpa_math": SDPBackend.MATH}
 EXPLICIT_MAX_KEYS = 32  # `auto`: attention over at most this many keys (the 17 joints) runs explicit
@@ -28,8 +27,8 @@ EXPLICIT_MAX_KEYS = 32  # `auto`: attention over at most this many keys (the 17 
 def resolve_attention(attention: str, num_keys: int) -> str:
     """The implementation `attention` stands for. `auto` is explicit over at most EXPLICIT_MAX_KEYS keys (the
     17 joints: fused kernels are built for long sequences and on a 17-key row compute mostly padding) and
-    `sdpa` over more (the frames); both choices measured fastest on an H200 and on the CPU
-    (benchmarks/README.md, "Attention implementations")."""
+    `sdpa` over more (the frames): each measured fastest, forward and backward, on an H200, and over the joints
+    on the CPU too (benchmarks/README.md, "Attention implementations")."""
     if attention != "auto":
         return attention
     return "explicit" if num_keys <= EXPLICIT_MAX_KEYS else "sdpa"
@@ -58,7 +57,7 @@ def multi_head_attention(q, k, v, num_heads: int, bias=None, return_probs: bool 
 def attend(q, k, v, bias=None, return_probs: bool = False, attention: str = "auto"):
     """softmax(q k^T * d^-0.5 + bias) v on heads: q [B', h, Lq, d], k and v [B', h, Lk, d], bias broadcastable
     to [B', h, Lq, Lk] (flex: [1, h, Lq, Lk]) or None. Returns (output [B', Lq, h * d], probabilities
-    [B', h, Lq, Lk] or None). `attention` is one of ATTENTION_CHOICES; asking for the probabilities always
+    [B', h, Lq, Lk] or None). `attention` is one of the names above; asking for the probabilities always
     runs explicit."""
     attention = "explicit" if return_probs else resolve_attention(attention, k.shape[-2])
     probs = None

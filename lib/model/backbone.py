@@ -38,7 +38,7 @@ class BackboneConfig:
     j2e_layout: str = "standard"
     j2e_main: bool = True
     j2e_bias: bool = True
-    attention: str = "auto"  # [attention] how attention is computed: lib.model.attention.ATTENTION_CHOICES
+    attention: str = "auto"  # [attention] how attention is computed (lib/model/attention.py)
 
 
 class JointToJointBlock(nn.Module):
