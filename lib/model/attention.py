@@ -123,11 +123,12 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, bias=None, return_probs: bool = False):  # x [B', L, C]
+        attention = "explicit" if return_probs else resolve_attention(self.attention, x.shape[1])
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4)  # [3, B', h, L, d]
-        if return_probs or resolve_attention(self.attention, x.shape[1]) == "explicit":
+        if attention == "explicit":
             qkv = qkv.contiguous()  # the products need contiguous heads: one copy for q, k and v together
         q, k, v = qkv.unbind(0)  # 3 x [B', h, L, d]; SDPA reads them strided, as they are
-        out, probs = attend(q, k, v, bias, return_probs, self.attention)
+        out, probs = attend(q, k, v, bias, return_probs, attention)
         return self.proj_drop(self.proj(out)), probs
 
 
