@@ -1,12 +1,15 @@
-"""Train the action model from scratch, finetune it (ft_* configs), or resume a run (-r)."""
+"""Train the action model from scratch, finetune it (ft_* configs), or resume a run (-r); an embedding model
+(model_version: embed, configs/oneshot/) trains the same way."""
 from lib.cli import build_parser, exit_process, run_main, training_run
 from lib.engine.classification import ClassificationTask
+from lib.engine.embedding import EmbeddingTask
 from lib.engine.train import train
 
 
 def main(argv=None) -> int:
     cfg, out, resume = training_run(build_parser(__doc__).parse_args(argv))
-    return train(ClassificationTask(cfg), cfg, out, resume)
+    task = EmbeddingTask(cfg) if cfg.model.model_version == "embed" else ClassificationTask(cfg)
+    return train(task, cfg, out, resume)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Precedence, lowest first: the defaults below, the task YAML (`--config`), the hy
 (`--hyper_cfg`), the named command-line flags (`--version`, `--seed`, ...), then `--set KEY=VALUE`.
 
 The task YAML may be flat, as the published configs are (`epochs: 300`), or nested by section
-(`train: {epochs: 300}`); a flat key is looked up in the `data`, `model`, `train` and `pretrain` sections, whose
-field names are unique. Hyper-config keys always live in the `hyper` section (`--set hyper.joint_label=...`).
+(`train: {epochs: 300}`); a flat key is looked up in the `data`, `model`, `train`, `pretrain` and `fewshot`
+sections, whose field names are unique. Hyper-config keys always live in the `hyper` section (`--set hyper.joint_label=...`).
 `save_config` writes the nested form, which `load_yaml_config` reads back unchanged.
 """
 import dataclasses
@@ -44,7 +44,8 @@ class DataConfig:
     dataset: str = "ntu60_hrnet"  # pickle stem: {data_root}/{dataset}.pkl
     data_root: str = "data/action"
     # Splits {data_split}_train / _val of the pickle; custom: the split lib/data/build_dataset.py wrote.
-    data_split: Literal["xsub", "xview", "xset", "custom"] = "xsub"
+    # oneshot: the NTU120 one-shot protocol's splits, derived from the pickle (lib/fewshot/protocol.py).
+    data_split: Literal["xsub", "xview", "xset", "custom", "oneshot"] = "xsub"
     action_classes: int = field(default=60, metadata=_range(2))
     clip_len: int = field(default=243, metadata=_range(1))
     random_move: bool = True
@@ -86,7 +87,10 @@ class ModelConfig:
     block_dropout: bool = True
     dropout_ratio: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
     hidden_dim: int = field(default=1024, metadata=_range(1))
-    model_version: Literal["class"] = "class"  # the classification head (the published default)
+    # class: the classification head (the published default); embed: an L2-normalised embedding of
+    # embed_dim numbers, trained with a supervised contrastive loss (lib/fewshot/, README "Teach it new actions")
+    model_version: Literal["class", "embed"] = "class"
+    embed_dim: int = field(default=128, metadata=_range(1))
     num_joints: Literal[17] = 17
     j2e_layout: Literal["standard", "reference"] = "standard"  # reference: the published head split
     j2j_adjacency: bool = True
@@ -129,6 +133,14 @@ class TrainConfig:
 
 
 @dataclass
+class FewShotConfig:
+    """Embedding models (model_version: embed; lib/fewshot/)."""
+    temperature: float = field(default=0.1, metadata=_range(0, lo_open=True))  # of the supervised contrastive loss
+    # clips of each class in a training batch (the per-class sampler); batch_size must be a multiple of it
+    clips_per_class: int = field(default=2, metadata=_range(2))
+
+
+@dataclass
 class HyperConfig:
     spatial_mode: Literal["hyper_dependent_common"] = "hyper_dependent_common"
     hyper_head: Literal[1] = 1
@@ -158,9 +170,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     hyper: HyperConfig = field(default_factory=HyperConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
 
 
-FLAT_SECTIONS = ("data", "model", "train", "pretrain")
+FLAT_SECTIONS = ("data", "model", "train", "pretrain", "fewshot")
 SECTIONS = FLAT_SECTIONS + ("hyper",)
 
 
@@ -355,6 +368,15 @@ def validate(cfg: Config) -> Config:
         raise UserError("train.linear_probe freezes the whole backbone; it cannot be combined with partial_train")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device):
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{cfg.train.device}'")
+    if d.data_split == "oneshot" and not is_ntu120:
+        raise UserError(f"data_split 'oneshot' is the NTU120 one-shot protocol, but dataset is '{d.dataset}': "
+                        "use an ntu120 pickle")
+    if m.model_version == "embed":
+        per_class = cfg.fewshot.clips_per_class
+        if cfg.train.batch_size % per_class or cfg.train.batch_size < 2 * per_class:
+            raise UserError(f"an embedding model trains on batches of whole classes: batch_size "
+                            f"({cfg.train.batch_size}) must be a multiple of fewshot.clips_per_class ({per_class}) "
+                            "covering at least 2 classes")
     validate_joint_label(h.joint_label)
     return cfg
 

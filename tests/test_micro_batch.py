@@ -96,7 +96,7 @@ def test_recomputed_chunks_draw_the_same_drop_path_masks():
     chunked.zero_grad(set_to_none=True)
     torch.manual_seed(7)
     features = torch.cat([chunked.backbone(part) for part in x.flatten(0, 1).split(2)])
-    expected_logits = chunked.head(features.unflatten(0, (3, 2)))
+    expected_logits = chunked.head(features.unflatten(0, (3, 2)), None)
     F.cross_entropy(expected_logits, y).backward()
     assert torch.allclose(logits, expected_logits.detach(), atol=1e-6)
     for name, p in chunked.named_parameters():

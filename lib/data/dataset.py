@@ -11,12 +11,15 @@ from lib.config import DataConfig
 from lib.data.preprocess import make_clip
 from lib.data.pyskl import SkeletonStore, load_store
 from lib.errors import UserError
+from lib.fewshot.protocol import with_oneshot_splits
 
 
 class ActionDataset:
-    def __init__(self, store: SkeletonStore, cfg: DataConfig, train: bool, seed: int = 0):
+    def __init__(self, store: SkeletonStore, cfg: DataConfig, train: bool, seed: int = 0, split: str = None):
+        """The samples of `split` (default: the config's {data_split}_train or _val), made into clips the
+        training way (`train`) or the validation way."""
         self.store, self.cfg, self.train, self.seed = store, cfg, train, seed
-        self.split = f"{cfg.data_split}_{'train' if train else 'val'}"
+        self.split = split or f"{cfg.data_split}_{'train' if train else 'val'}"
         self.indices = store.split_indices(self.split)  # positions in the store
         if len(self.indices) == 0:
             raise UserError(f"split '{self.split}' of {store.source} is empty")
@@ -77,7 +80,13 @@ def stratified_share(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return np.sort(np.concatenate(chosen))
 
 
+def open_store(cfg: DataConfig) -> SkeletonStore:
+    """The store of the configured pickle, with the NTU120 one-shot splits added for data_split oneshot."""
+    store = load_store(cfg.pickle_path)
+    return with_oneshot_splits(store) if cfg.data_split == "oneshot" else store
+
+
 def build_datasets(cfg: DataConfig, seed: int = 0) -> tuple[ActionDataset, ActionDataset]:
     """(train, val) datasets of the configured pickle and split."""
-    store = load_store(cfg.pickle_path)
+    store = open_store(cfg)
     return ActionDataset(store, cfg, train=True, seed=seed), ActionDataset(store, cfg, train=False, seed=seed)

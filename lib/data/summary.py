@@ -12,9 +12,8 @@ import time
 import numpy as np
 
 from lib.cli import build_parser, config_from_args, run_main
-from lib.data.dataset import ActionDataset
+from lib.data.dataset import ActionDataset, open_store
 from lib.data.labels import class_names
-from lib.data.pyskl import load_store
 
 
 def describe_split(dataset: ActionDataset, names: list[str]) -> str:
@@ -35,7 +34,7 @@ def main(argv=None):
     cfg = config_from_args(args)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
     start = time.perf_counter()
-    store = load_store(cfg.data.pickle_path)
+    store = open_store(cfg.data)
     seconds = time.perf_counter() - start
     print(f"{cfg.data.pickle_path}: {len(store)} samples, splits {', '.join(sorted(store.splits))}; "
           f"keypoints {store.raw_nbytes / 2**20:.1f} MiB; ready in {seconds:.2f} s")

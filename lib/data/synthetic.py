@@ -24,9 +24,11 @@ How a sample is made:
    and rare spurious low-confidence bystanders (so M can be 1, 2 or 3).
 
 Sample ids (frame_dir `SsssCcccPpppRrrrAaaa`) are unique and follow the NTU id ranges, so the official
-cross-subject, cross-view and cross-setup rules (`split_of`) give the splits.
+cross-subject, cross-view and cross-setup rules (`split_of`) give the splits. Preset ntu120_oneshot is a
+small ntu120 that also holds every exemplar of the NTU120 one-shot protocol (lib/fewshot/protocol.py).
 
-CLI: python -m lib.data.synthetic --preset demo|ntu60|ntu120 --out PATH [--seed S] [--num-samples N]
+CLI: python -m lib.data.synthetic --preset demo|ntu60|ntu120|ntu120_oneshot --out PATH [--seed S]
+     [--num-samples N]
 """
 import argparse
 import math
@@ -40,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from lib.fewshot.protocol import HELD_OUT_ACTIONS, NOVEL_ACTIONS, exemplar_name
 
 # ---------------------------------------------------------------------------------------------------------
 # NTU ids and the official splits
@@ -536,11 +540,14 @@ class Preset:
     min_frames: int
     max_frames: int
     typical_frames: tuple  # (low, high) range of the per-action median length
+    required: tuple = ()  # frame_dirs included besides the `num_samples` drawn ones
 
 
 PRESETS = {
     "ntu60": Preset("ntu60", tuple(range(1, 61)), 56_880, 30, 300, (55, 110)),
     "ntu120": Preset("ntu120", tuple(range(1, 121)), 114_480, 30, 300, (55, 110)),
+    "ntu120_oneshot": Preset("ntu120", tuple(range(1, 121)), 2_400, 30, 150, (40, 70), required=tuple(
+        exemplar_name(action) for action in NOVEL_ACTIONS + HELD_OUT_ACTIONS)),
     "demo": Preset("ntu60", tuple(DEMO_ACTIONS), 900, 30, 100, (45, 65)),
 }
 
@@ -584,9 +591,10 @@ def _per_action_counts(num_samples: int, num_actions: int) -> list:
 
 
 def draw_sample_ids(preset: Preset, num_samples: int, rng) -> list:
-    """Unique (setup, camera, performer, replication, action) tuples, balanced over actions. Each action's
-    samples are shared between the cross-subject training and validation performers in proportion to
-    their numbers, so both halves hold every action; setups, cameras and replications are uniform."""
+    """Sorted unique (setup, camera, performer, replication, action) tuples: `num_samples` balanced over
+    actions, plus the preset's required ones (kept once if also drawn). Each action's drawn samples are
+    shared between the cross-subject training and validation performers in proportion to their numbers,
+    so both halves hold every action; setups, cameras and replications are uniform."""
     spec = DATASETS[preset.dataset]
     train_performers = np.array(spec.xsub_train_performers)
     val_performers = np.setdiff1d(np.arange(1, spec.num_performers + 1), train_performers)
@@ -605,7 +613,8 @@ def draw_sample_ids(preset: Preset, num_samples: int, rng) -> list:
             for setup, camera, performer, replication in zip(*np.unravel_index(cells, grid)):
                 ids.append((int(setup) + 1, int(camera) + 1, int(performers[performer]), int(replication) + 1,
                             action))
-    return sorted(ids)
+    ids += [tuple(parse_frame_dir(frame_dir).values()) for frame_dir in preset.required]
+    return sorted(set(ids))
 
 
 def draw_length(preset: Preset, action: int, rng) -> int:
@@ -617,7 +626,8 @@ def draw_length(preset: Preset, action: int, rng) -> int:
 
 def generate(preset: str, seed: int = 0, num_samples: int | None = None, progress: bool = False) -> dict:
     """A synthetic PYSKL dataset dict ({'split': ..., 'annotations': [...]}) of a preset ('demo', 'ntu60',
-    'ntu120'); the same (preset, seed, num_samples) always gives the same content."""
+    'ntu120', 'ntu120_oneshot'); `num_samples` overrides the preset's count of drawn samples (required ones
+    come on top). The same (preset, seed, num_samples) always gives the same content."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[preset]
@@ -660,7 +670,8 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", required=True, choices=tuple(PRESETS))
     parser.add_argument("--out", required=True, type=Path, help="pickle to write (its folder is created)")
     parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
-    parser.add_argument("--num-samples", type=int, default=None, help="override the preset's sample count")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="override the preset's count of drawn samples")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be >= 0")

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from lib.config import Config
-from lib.data.dataset import ActionDataset
+from lib.data.dataset import ActionDataset, open_store
 from lib.data.labels import class_names
-from lib.data.pyskl import load_store
 from lib.engine.checkpoint import load_model_weights
 from lib.model.action import ActionNet, build_model
 from lib.model.backbone import BackboneConfig
@@ -27,8 +26,10 @@ def backbone_settings(cfg: Config) -> BackboneConfig:
 
 
 def action_model(cfg: Config) -> ActionNet:
-    """The config's action model with fresh weights."""
-    return build_model(cfg.data.action_classes, backbone_settings(cfg), cfg.model.hidden_dim, cfg.model.dropout_ratio)
+    """The config's action model (classification or embedding, model.model_version) with fresh weights."""
+    m = cfg.model
+    return build_model(cfg.data.action_classes, backbone_settings(cfg), m.hidden_dim, m.dropout_ratio,
+                       embed_dim=m.embed_dim if m.model_version == "embed" else None)
 
 
 @dataclass
@@ -39,12 +40,12 @@ class Trained:
 
 
 def load_trained(cfg: Config, checkpoint, device: torch.device = torch.device("cpu"), micro_batch: int = 0,
-                 single_clip: bool = False) -> Trained:
+                 single_clip: bool = False, split: str = None) -> Trained:
     """The config's model with the weights of `checkpoint` (ours, converted or published; anything that does
-    not fit is a one-line error), in eval mode on `device`, with the validation split of the config
-    (`single_clip`: one evenly spaced clip per sample, whatever data.num_clips says) and its class names."""
+    not fit is a one-line error), in eval mode on `device`, with the validation split of the config (or
+    `split`; `single_clip`: one evenly spaced clip per sample, whatever data.num_clips says) and its class names."""
     data = dataclasses.replace(cfg.data, num_clips=1) if single_clip else cfg.data
-    val_set = ActionDataset(load_store(cfg.data.pickle_path), data, train=False, seed=cfg.train.seed)
+    val_set = ActionDataset(open_store(cfg.data), data, train=False, seed=cfg.train.seed, split=split)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
     model = action_model(cfg)
     note = load_model_weights(model, checkpoint)

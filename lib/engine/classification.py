@@ -5,6 +5,7 @@ top-1 / top-5 while training, and the validation metrics of evaluate_action.py.
 A task is any object with these members; the loop needs nothing else:
   best_metric, better(a, b)       the validation metric that picks best_epoch.bin, and its order
   datasets()                      (train, val); the training set has set_epoch(epoch)
+  epoch_batches(train_set, epoch) the epoch's training batches (lists of positions), before sharding
   build_model(device, pretrained) the model (pretrained: load what the config asks to start from)
   parameter_groups(model)         the optimizer's parameter groups, each with a 'name' and an 'lr'
   training_step(forward, batch, device) -> (loss, sums)   sums: numbers that add up over batches
@@ -14,7 +15,6 @@ A task is any object with these members; the loop needs nothing else:
 """
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,8 +23,9 @@ from lib.data.dataset import build_datasets
 from lib.engine.build import action_model
 from lib.engine.checkpoint import freeze_backbone_except, load_backbone_weights
 from lib.engine.distributed import Distributed
-from lib.engine.evaluate import classification_metrics, eval_loader, predict, topk_correct
-from lib.engine.runtime import autocast, micro_batch_size
+from lib.engine.evaluate import classification_metrics, predict_split, topk_correct
+from lib.engine.runtime import micro_batch_size
+from lib.engine.train import shuffled_batches
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class ClassificationTask:
 
     def datasets(self):
         return build_datasets(self.cfg.data, seed=self.cfg.train.seed)
+
+    def epoch_batches(self, train_set, epoch: int) -> list[list[int]]:
+        return shuffled_batches(len(train_set), self.cfg.train.batch_size, self.cfg.train.seed, epoch)
 
     def build_model(self, device: torch.device, pretrained: bool):
         cfg = self.cfg.train
@@ -87,15 +91,8 @@ class ClassificationTask:
 
     def validate(self, model, val_set, ctx: Distributed, amp: bool, max_batches=None) -> dict:
         """Metrics over the validation split, each process predicting its share; equal to one process."""
-        positions = list(range(ctx.rank, len(val_set), ctx.world_size))
-        share = torch.utils.data.Subset(val_set, positions) if ctx.enabled else val_set
-        loader = eval_loader(share, self.cfg, ctx.device)
-        with autocast(ctx.device, amp):
-            scores, labels = predict(model, loader, ctx.device, max_batches=max_batches, flip=self.cfg.data.flip_test)
-        parts = ctx.gather((positions[:len(labels)], scores, labels))
-        order = np.argsort(np.concatenate([p for p, _, _ in parts]), kind="stable")
-        metrics = classification_metrics(torch.cat([s for _, s, _ in parts])[order],
-                                          torch.cat([l for _, _, l in parts])[order])
+        scores, labels, _ = predict_split(model, val_set, self.cfg, ctx, amp, max_batches)
+        metrics = classification_metrics(scores, labels)
         return {k: metrics[k] for k in ("loss", "top1", "top5", "mean_class_accuracy")}
 
     @staticmethod

@@ -55,12 +55,23 @@ def clip_scores(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
     return probabilities.mean(dim=1).log()
 
 
+def clip_embeddings(model, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Embeddings [N, D] of a batch (an embedding model): of one clip [N, 2, T, V, C] without flipping;
+    otherwise the unit-length mean of the embeddings of the clips [N, clips, 2, T, V, C] and their mirror images."""
+    if x.ndim == 5 and not flip:
+        return model(x)
+    clips = x if x.ndim == 6 else x[:, None]  # [N, clips, 2, T, V, C]
+    views = torch.cat([clips, flip_clips(clips)], dim=1) if flip else clips
+    embeddings = model(views.flatten(0, 1)).float().unflatten(0, views.shape[:2])
+    return F.normalize(embeddings.mean(dim=1), dim=-1)
+
+
 @torch.no_grad()
-def predict(model, loader, device, max_batches: int = None, flip: bool = False,
-            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [S, K] (float32, CPU; see clip_scores) and labels [S] over the loader, in loader order. A compiled
-    model (CompiledOrEager) gets every batch at the loader's batch size (the last one padded with zero clips,
-    their scores dropped), so it compiles once."""
+def predict(model, loader, device, max_batches: int = None, flip: bool = False, desc: str = "eval",
+            outputs=clip_scores) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs (float32, CPU; clip_scores [S, K], or clip_embeddings [S, D]) and labels [S] over the
+    loader, in loader order. A compiled model (CompiledOrEager) gets every batch at the loader's batch size
+    (the last one padded with zero clips, their outputs dropped), so it compiles once."""
     model.eval()
     all_scores, all_labels = [], []
     static_shape = isinstance(model, CompiledOrEager)
@@ -70,9 +81,27 @@ def predict(model, loader, device, max_batches: int = None, flip: bool = False,
         x = x.to(device, non_blocking=True)
         if static_shape:
             x = pad_batch(x, loader.batch_size)
-        all_scores.append(clip_scores(model, x, flip)[:len(y)].float().cpu())
+        all_scores.append(outputs(model, x, flip)[:len(y)].float().cpu())
         all_labels.append(y)
     return torch.cat(all_scores), torch.cat(all_labels)
+
+
+def predict_split(model, dataset, cfg: Config, ctx, amp: bool, max_batches: int = None,
+                  outputs=clip_scores) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """`predict` over a dataset with each process (lib.engine.distributed) predicting its share and the
+    results gathered: (outputs, labels, dataset positions), in dataset order, the same on every process and
+    equal to one process's (with max_batches, the positions say which samples were covered)."""
+    positions = list(range(ctx.rank, len(dataset), ctx.world_size))
+    share = torch.utils.data.Subset(dataset, positions) if ctx.enabled else dataset
+    loader = eval_loader(share, cfg, ctx.device)
+    with autocast(ctx.device, amp):
+        values, labels = predict(model, loader, ctx.device, max_batches=max_batches, flip=cfg.data.flip_test,
+                                 outputs=outputs)
+    parts = ctx.gather((positions[:len(labels)], values, labels))
+    covered = np.concatenate([p for p, _, _ in parts]).astype(int)
+    order = np.argsort(covered, kind="stable")
+    return (torch.cat([v for _, v, _ in parts])[order], torch.cat([l for _, _, l in parts])[order],
+            covered[order])
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from lib.config import Config
-from lib.data.dataset import ActionDataset
-from lib.data.pyskl import load_store
+from lib.data.dataset import ActionDataset, open_store
 from lib.engine.build import backbone_settings
 from lib.engine.checkpoint import save_checkpoint
 from lib.engine.runtime import micro_batch_size
+from lib.engine.train import shuffled_batches
 from lib.errors import UserError
 from lib.model.backbone import SkeletonBackbone
 from lib.model.masked_motion import MaskedMotionModel, motion_aware_mask, pretraining_loss
@@ -64,8 +64,11 @@ class MaskedMotionTask:
     def datasets(self):
         """(the whole training split's unlabelled clips, None): no validation split."""
         data = dataclasses.replace(self.cfg.data, label_fraction=1.0)
-        train_set = ActionDataset(load_store(data.pickle_path), data, train=True, seed=self.cfg.train.seed)
+        train_set = ActionDataset(open_store(data), data, train=True, seed=self.cfg.train.seed)
         return UnlabelledClips(train_set), None
+
+    def epoch_batches(self, train_set, epoch: int) -> list[list[int]]:
+        return shuffled_batches(len(train_set), self.cfg.train.batch_size, self.cfg.train.seed, epoch)
 
     def build_model(self, device: torch.device, pretrained: bool) -> MaskedMotionModel:
         p = self.cfg.pretrain

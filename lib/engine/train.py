@@ -66,8 +66,9 @@ class Progress:
     sums: dict = field(default_factory=dict)
 
 
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled training batches of an epoch (the last incomplete batch dropped)."""
+def shuffled_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled training batches of an epoch (the last incomplete batch dropped): the batches of the
+    classification and pretraining tasks."""
     order = np.random.default_rng((seed, epoch)).permutation(num_samples)
     usable = num_samples // batch_size * batch_size
     return order[:usable].reshape(-1, batch_size).tolist()
@@ -185,7 +186,7 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
     `progress` after each batch. Returns False when a stop signal came (checked after every batch)."""
     epoch, start = progress.epoch, progress.next_batch
     train_set.set_epoch(epoch)
-    batches = ctx.shard(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch))
+    batches = ctx.shard(task.epoch_batches(train_set, epoch))
     if cfg.train.quickdebug:
         batches = batches[:1]
     loader = torch.utils.data.DataLoader(

@@ -20,8 +20,7 @@ import torch
 
 from lib import skeleton
 from lib.config import Config
-from lib.data.dataset import ActionDataset
-from lib.data.pyskl import load_store
+from lib.data.dataset import ActionDataset, open_store
 from lib.engine.checkpoint import read_state_dict
 from lib.engine.pretraining import MaskedMotionTask
 from lib.errors import UserError
@@ -153,7 +152,7 @@ def draw_reconstructions(cfg: Config, checkpoint, path, samples=None, clips: int
                         "pretrain_action.py (e.g. RUN/latest_epoch.bin) and the config it was trained with")
     model.load_state_dict(state_dict)
     model.eval()
-    dataset = ActionDataset(load_store(cfg.data.pickle_path), cfg.data, train=False)
+    dataset = ActionDataset(open_store(cfg.data), cfg.data, train=False)
     indices = select_samples(dataset, samples) if samples else list(range(min(clips, len(dataset))))
     rows = [reconstruct(model, dataset.clip(i), cfg, str(dataset.frame_dirs[i]), seed) for i in indices]
     path = Path(path)
