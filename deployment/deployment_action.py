@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX for CPU deployment and check the ONNX model against PyTorch.
 
 Input `pose2d` [N, 2, T, 17, 3] (or [N, T, 17, 3] with --layout NTVC), N and T dynamic; output
-`action_label` [N, K] logits. The check runs ONNX Runtime and PyTorch on random and real validation
+`action_label` [N, K] logits (`embedding` [N, D] for an embedding model). The check runs ONNX Runtime and PyTorch on random and real validation
 clips, batch 1 and 4, full and shorter T, prints the largest difference and fails above --tolerance.
 With --quantize int8 (dynamic int8 Linear layers, faster on the CPU) the differences are only printed;
 the check is then the top-1 agreement with PyTorch on up to --check-clips validation clips, which must
@@ -39,13 +39,22 @@ def parity_inputs(cfg, layout: str, real_clips: np.ndarray) -> dict[str, np.ndar
     return {name: x[:, 0].copy() for name, x in inputs.items()} if layout == "NTVC" else inputs
 
 
-def top1_agreement(exported, session, clips: np.ndarray, batch: int = 16) -> int:
-    """How many clips get the same top-1 class from ONNX Runtime and PyTorch."""
+EMBEDDING_AGREEMENT = 0.99  # least cosine similarity of the int8 and PyTorch embeddings that counts as agreeing
+
+
+def agreement(exported, session, clips: np.ndarray, batch: int = 16) -> int:
+    """How many clips ONNX Runtime and PyTorch agree on: the same top-1 class, or for an embedding model
+    embeddings with cosine similarity at least EMBEDDING_AGREEMENT."""
     same = 0
+    output = session.get_outputs()[0].name
     for start in range(0, len(clips), batch):
         x = clips[start:start + batch]
-        expected = exported(torch.from_numpy(x)).argmax(1).numpy()
-        same += int((session.run(["action_label"], {"pose2d": x})[0].argmax(1) == expected).sum())
+        expected = exported(torch.from_numpy(x)).numpy()
+        actual = session.run([output], {"pose2d": x})[0]
+        if output == "embedding":
+            same += int((np.sum(expected * actual, axis=1) >= EMBEDDING_AGREEMENT).sum())
+        else:
+            same += int((actual.argmax(1) == expected.argmax(1)).sum())
     return same
 
 
@@ -70,7 +79,8 @@ def main(argv=None):
     onnx_model = OnnxActionModel(args.deployment)
     inputs = onnx_model.session.get_inputs()[0]
     print(f"exported {args.deployment} (opset {OPSET}{', int8 Linear layers' if args.quantize == 'int8' else ''}): "
-          f"input {inputs.name} {inputs.shape}, output action_label {onnx_model.session.get_outputs()[0].shape}")
+          f"input {inputs.name} {inputs.shape}, output {onnx_model.session.get_outputs()[0].name} "
+          f"{onnx_model.session.get_outputs()[0].shape}")
 
     real = np.stack([val[i][0] for i in range(min(4, len(val)))])
     differences = parity(exported, onnx_model.session, parity_inputs(cfg, args.layout, real))
@@ -81,9 +91,10 @@ def main(argv=None):
         clips = np.stack([val[i][0] for i in range(min(args.check_clips, len(val)))])
         if args.layout == "NTVC":
             clips = clips[:, 0].copy()
-        same = top1_agreement(exported, onnx_model.session, clips)
-        print(f"int8: top-1 class equal to PyTorch's on {same} of {len(clips)} validation clips "
-              f"({100 * same / len(clips):.1f}%)")
+        same = agreement(exported, onnx_model.session, clips)
+        rule = ("embedding cosine >= " f"{EMBEDDING_AGREEMENT}" if onnx_model.task == "embed"
+                else "top-1 class equal to PyTorch's")
+        print(f"int8: {rule} on {same} of {len(clips)} validation clips ({100 * same / len(clips):.1f}%)")
         if same < args.min_agreement * len(clips):
             raise UserError(f"the int8 model agrees with PyTorch on {same}/{len(clips)} validation clips, fewer "
                             f"than --min-agreement {args.min_agreement}; export without --quantize")

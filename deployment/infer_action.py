@@ -5,10 +5,12 @@
     python deployment/infer_action.py --onnx model.onnx --json detections.json --window 120 --stride 60 --json-out
     python deployment/infer_action.py --onnx model.onnx --video clip.mp4 --window 64 --stride 16 --render out.mp4
     python deployment/infer_action.py --onnx model.onnx --stream 0 --window 64 --stride 16
+    python deployment/infer_action.py --onnx embed.onnx --gallery gallery.npz --keypoints clip.npz [--threshold 0.5]
 
 The keypoints go through exactly the validation preprocessing of training (lib/data/preprocess.py).
 --video and --stream run a pose estimator first (--backend, lib/video/estimators.py; needs OpenCV; of the
-backends only yolo imports torch).
+backends only yolo imports torch). With an exported embedding model and --gallery (lib/fewshot/gallery.py), every
+input form names the nearest class of the gallery, or "unknown" below the threshold.
 Formats: deployment/inference.md.
 """
 import argparse
@@ -22,6 +24,8 @@ from lib.cli import run_main  # noqa: E402
 from lib.data.keypoint_files import (DEFAULT_IMG_SHAPE, read_array_file, read_json_file,  # noqa: E402
                                      read_pickle_sample)
 from lib.deploy.inference import OnnxActionModel, predict  # noqa: E402
+from lib.errors import UserError  # noqa: E402
+from lib.fewshot.gallery import Gallery  # noqa: E402
 from lib.video.frames import VIDEO_OUT_SUFFIXES  # noqa: E402
 
 
@@ -42,6 +46,10 @@ def parse_args(argv):
     p.add_argument("--window", type=int, help="frames per prediction window (default: the whole sequence)")
     p.add_argument("--stride", type=int, help="frames between windows (default: the window)")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--gallery", help="with an embedding model: the classes of python -m lib.fewshot.gallery")
+    p.add_argument("--threshold", type=float,
+                   help="with --gallery: the cosine similarity below which a clip is 'unknown' (default: the "
+                        "gallery's suggested threshold; -1: never unknown)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--json-out", action="store_true",
                    help="print the predictions as JSON (--stream: one JSON object a line, as they come)")
@@ -55,6 +63,8 @@ def parse_args(argv):
                        help="with --video: write the video with the tracked skeletons and the top 3 classes of "
                             "each frame's window, and OUT_timeline.png, the class probabilities over time")
     args = p.parse_args(argv)
+    if args.threshold is not None and not args.gallery:
+        p.error("--threshold goes with --gallery")
     if args.pickle and not args.sample:
         p.error("--pickle needs --sample FRAME_DIR")
     if args.render and not args.video:
@@ -71,16 +81,33 @@ def print_prediction(result: dict, fps: float = None):
     start, end = result["frames"]
     when = f" ({start / fps:.1f}-{end / fps:.1f} s)" if fps else ""
     latency = f", {result['latency_ms']:.1f} ms latency" if "latency_ms" in result else ""
-    print(f"frames {start}-{end}{when}{latency}:")
+    named = f": {result['class']}" if "class" in result else ""
+    print(f"frames {start}-{end}{when}{latency}{named}")
     for rank, top in enumerate(result["top"], 1):
-        print(f"  {rank}. {top['name']:<48} {100 * top['probability']:6.2f}%")
+        value = f"{100 * top['probability']:6.2f}%" if "probability" in top else f"similarity {top['similarity']:.3f}"
+        print(f"  {rank}. {top['name']:<48} {value}")
 
 
 def as_json(result: dict) -> dict:
-    return dict(result, probabilities=[float(p) for p in result["probabilities"]])
+    return {key: [float(v) for v in value] if key in ("probabilities", "similarities") else value
+            for key, value in result.items()}
 
 
-def run_stream(model: OnnxActionModel, args):
+def load_gallery(model: OnnxActionModel, args):
+    """The gallery of --gallery, checked against the model; None without one. An embedding model needs one."""
+    if not args.gallery:
+        if model.task == "embed":
+            raise UserError(f"{args.onnx} is an embedding model: name classes with --gallery gallery.npz "
+                            "(python -m lib.fewshot.gallery)")
+        return None
+    if model.task != "embed":
+        raise UserError(f"--gallery needs an exported embedding model, but {args.onnx} is a classification model")
+    gallery = Gallery.load(args.gallery)
+    gallery.check_model(model)
+    return gallery
+
+
+def run_stream(model: OnnxActionModel, gallery, args):
     from lib.deploy.streaming import stream_predictions
     from lib.video.estimators import load_estimator
     from lib.video.extract import FramePoses
@@ -90,7 +117,7 @@ def run_stream(model: OnnxActionModel, args):
     window = args.window or model.clip_len
     poses = FramePoses(load_estimator(args.backend, args.device))
     for result in stream_predictions(model, source, poses, window, args.stride or window, args.top_k,
-                                     args.max_persons):
+                                     args.max_persons, gallery, args.threshold):
         if args.json_out:
             print(json.dumps(as_json(result)), flush=True)
         else:
@@ -114,8 +141,9 @@ def render(args, extraction, results, class_names):
 def main(argv=None):
     args = parse_args(argv)
     model = OnnxActionModel(args.onnx, args.threads)
+    gallery = load_gallery(model, args)
     if args.stream is not None:
-        return run_stream(model, args)
+        return run_stream(model, gallery, args)
     extraction = None
     if args.pickle:
         keypoints = read_pickle_sample(args.pickle, args.sample)
@@ -130,12 +158,15 @@ def main(argv=None):
 
         extraction = extract(FrameSource(args.video), load_estimator(args.backend, args.device), args.max_persons)
         keypoints = extraction.keypoints
-    results = predict(model, keypoints, args.window, args.stride, args.top_k)
-    rendered = render(args, extraction, results, model.class_names) if args.render else None
+    results = predict(model, keypoints, args.window, args.stride, args.top_k, gallery, args.threshold)
+    names = gallery.class_names if gallery else model.class_names
+    rendered = render(args, extraction, results, names) if args.render else None
     if args.json_out:
         out = {"onnx": args.onnx, "frames": int(keypoints.keypoint.shape[1]),
                "persons": int(keypoints.keypoint.shape[0]), "label": keypoints.label,
                "predictions": [as_json(r) for r in results]}
+        if gallery:
+            out.update(gallery=args.gallery, threshold=gallery.threshold if args.threshold is None else args.threshold)
         if extraction is not None:
             out.update(video=args.video, fps=extraction.fps, img_shape=list(keypoints.img_hw),
                        extraction_frames_per_second=out["frames"] / extraction.seconds)

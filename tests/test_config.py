@@ -113,7 +113,7 @@ def test_set_values_are_yaml_and_keys_may_be_dotted(tmp_path):
     ("hyper.joint_label=[[0,1,2]]", "17 entries"),
     ("hyper.joint_label=[[0,0,0,0,0,0,0,0,0,0,0,0,2,2,2,2,2]]", "0..E-1"),
     ("hyper.hyper_head=2", "one of 1"),
-    ("model_version=embed", "one of 'class'"),
+    ("model_version=embedding", "one of 'class', 'embed'"),
     ("epochs", "expects KEY=VALUE"),
     ("epochs=[1", "not valid YAML"),
 ])
@@ -225,7 +225,7 @@ def test_resolved_config_round_trips_through_yaml(config, tmp_path):
     out = tmp_path / "resolved.yaml"
     save_config(cfg, out)
     written = yaml.safe_load(out.read_text())
-    assert set(written) == {"name", "data", "model", "train", "hyper", "pretrain"}
+    assert set(written) == {"name", "data", "model", "train", "hyper", "pretrain", "fewshot"}
     again = load_yaml_config(out)
     assert again == cfg
     save_config(again, tmp_path / "again.yaml")

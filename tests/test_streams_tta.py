@@ -501,7 +501,7 @@ def test_streams_train_evaluate_export_and_infer(setup, evaluations):
     metadata = {p.key: p.value for p in onnx.load(str(tmp / "bone.onnx")).metadata_props}
     assert metadata["stream"] == "bone"
     assert json.loads(metadata["config"])["data"]["stream"] == "bone"
-    assert OnnxActionModel(tmp / "bone.onnx").stream == "bone"
+    assert OnnxActionModel(tmp / "bone.onnx").settings.stream == "bone"
 
     bone_npz = read_npz(evaluations["scores"] / "A_bone.npz")
     joint_npz = read_npz(evaluations["scores"] / "A.npz")

@@ -13,6 +13,8 @@ and for testing (deterministic):
     -> random_move (training only), crop_scale        float32 [2, clip_len, 17, 3]
     -> the input stream: joints, bones, or their motion (to_stream)
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from lib.skeleton import H36M_PARENTS
@@ -199,3 +201,17 @@ def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
     if stream != "joint":
         clip = to_stream(clip, stream)
     return clip.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """A trained model's test pipeline: its clip length and the data options it was trained with."""
+    clip_len: int
+    scale_range: tuple = (2.0, 2.0)  # data.scale_range_test
+    legacy_conf_order: bool = False
+    stream: str = "joint"
+
+    def clip(self, keypoint: np.ndarray, score: np.ndarray, img_hw) -> np.ndarray:
+        """The deterministic test clip float32 [2, clip_len, 17, 3] of keypoint [M, T, 17, 2] pixels."""
+        return make_clip(keypoint, score, img_hw, self.clip_len, scale_range=self.scale_range,
+                         legacy_conf_order=self.legacy_conf_order, stream=self.stream)

@@ -4,7 +4,8 @@ The graph is exported with PyTorch's TorchScript-based exporter (`dynamo=False`)
 no extra package (the dynamo exporter needs `onnxscript` and writes opset 18), and it exports the
 fused attention with its additive float bias and dynamic batch and frame axes exactly (differences
 around 1e-6). Input `pose2d` [N, 2, T, 17, 3] (x, y, confidence of the preprocessed clip), output
-`action_label` [N, K] logits; `layout='NTVC'` exports the single-person signature [N, T, 17, 3] of the
+`action_label` [N, K] logits (`embedding` [N, D] for an embedding model, metadata task 'embed');
+`layout='NTVC'` exports the single-person signature [N, T, 17, 3] of the
 published documentation, the second person being zeros. The model's settings travel in the ONNX
 metadata (class names, clip length, preprocessing options), so inference needs only the .onnx file.
 
@@ -53,16 +54,22 @@ def export_onnx(model: nn.Module, cfg: Config, class_names: list[str], path, lay
     frames = cfg.data.clip_len
     dummy = torch.randn(1, frames, 17, 3) if layout == "NTVC" else torch.randn(1, 2, frames, 17, 3)
     frame_axis = 1 if layout == "NTVC" else 2
+    output = output_name(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(
-            exported, (dummy,), str(path), input_names=["pose2d"], output_names=["action_label"],
+            exported, (dummy,), str(path), input_names=["pose2d"], output_names=[output],
             opset_version=OPSET, custom_opsets={"com.microsoft": 1}, dynamo=False,
-            dynamic_axes={"pose2d": {0: "batch", frame_axis: "frames"}, "action_label": {0: "batch"}})
+            dynamic_axes={"pose2d": {0: "batch", frame_axis: "frames"}, output: {0: "batch"}})
     if quantize == "int8":
         quantize_int8(path)
     write_metadata(path, cfg, class_names, layout, quantize)
     return signature
+
+
+def output_name(cfg: Config) -> str:
+    """The ONNX output: `action_label` logits [N, K], or `embedding` [N, D] of an embedding model."""
+    return "embedding" if cfg.model.model_version == "embed" else "action_label"
 
 
 def quantize_int8(path: Path):
@@ -98,6 +105,7 @@ def write_metadata(path: Path, cfg: Config, class_names: list[str], layout: str,
         "scale_range_test": json.dumps(cfg.data.scale_range_test),
         "legacy_conf_order": json.dumps(cfg.data.legacy_conf_order),
         "stream": cfg.data.stream,
+        "task": cfg.model.model_version,
         "config": json.dumps(config_to_dict(cfg)),
     }
     del model.metadata_props[:]
@@ -107,11 +115,13 @@ def write_metadata(path: Path, cfg: Config, class_names: list[str], layout: str,
 
 
 def parity(exported: nn.Module, session, inputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Largest absolute difference between ONNX Runtime and PyTorch logits, per named input."""
+    """Largest absolute difference between ONNX Runtime and PyTorch outputs (logits or embeddings), per named
+    input."""
     differences = {}
+    output = session.get_outputs()[0].name
     with torch.no_grad():
         for name, x in inputs.items():
             expected = exported(torch.from_numpy(x)).numpy()
-            actual = session.run(["action_label"], {"pose2d": x})[0]
+            actual = session.run([output], {"pose2d": x})[0]
             differences[name] = float(np.abs(actual - expected).max())
     return differences

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from lib.data.keypoint_files import Keypoints
-from lib.data.preprocess import make_clip
+from lib.data.preprocess import ClipSettings
 from lib.errors import UserError
+from lib.fewshot.matching import UNKNOWN
+
+UNKNOWN_NAME = "unknown"
 
 
 class OnnxActionModel:
@@ -31,24 +34,33 @@ class OnnxActionModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "class_names" not in meta:
             raise UserError(f"{path} was not exported by deployment/deployment_action.py (no class names in it)")
+        self.name = str(path)
         self.class_names = json.loads(meta["class_names"])
-        self.clip_len = int(meta["clip_len"])
+        self.task = meta.get("task", "class")  # class: logits; embed: embeddings (exports before embeddings: class)
         self.layout = meta["layout"]
-        self.scale_range = json.loads(meta["scale_range_test"])
-        self.legacy_conf_order = json.loads(meta["legacy_conf_order"])
-        self.stream = meta.get("stream", "joint")  # exports older than the stream option: joints
+        # exports older than the stream option: joints
+        self.settings = ClipSettings(int(meta["clip_len"]), tuple(json.loads(meta["scale_range_test"])),
+                                     json.loads(meta["legacy_conf_order"]), meta.get("stream", "joint"))
+        self.clip_len = self.settings.clip_len
 
     def clip(self, keypoints: Keypoints) -> np.ndarray:
         """The validation pipeline: float32 [2, clip_len, 17, 3]."""
-        return make_clip(keypoints.keypoint, keypoints.score, keypoints.img_hw, self.clip_len,
-                         scale_range=self.scale_range, legacy_conf_order=self.legacy_conf_order,
-                         stream=self.stream)
+        return self.settings.clip(keypoints.keypoint, keypoints.score, keypoints.img_hw)
 
-    def probabilities(self, clips: np.ndarray) -> np.ndarray:
-        """[N, 2, T, 17, 3] -> softmax probabilities [N, K]."""
+    def run(self, clips: np.ndarray) -> np.ndarray:
+        """[N, 2, T, 17, 3] -> the model's output: logits [N, K] or embeddings [N, D]."""
         if self.layout == "NTVC":
             clips = clips[:, 0]
-        logits = self.session.run(["action_label"], {"pose2d": np.ascontiguousarray(clips, dtype=np.float32)})[0]
+        output = self.session.get_outputs()[0].name
+        return self.session.run([output], {"pose2d": np.ascontiguousarray(clips, dtype=np.float32)})[0]
+
+    def embed(self, clips: np.ndarray) -> np.ndarray:
+        """[N, 2, T, 17, 3] -> unit-length embeddings [N, D] (an embedding model)."""
+        return self.run(clips)
+
+    def probabilities(self, clips: np.ndarray) -> np.ndarray:
+        """[N, 2, T, 17, 3] -> softmax probabilities [N, K] (a classification model)."""
+        logits = self.run(clips)
         logits = logits - logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -64,17 +76,27 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-def predict(model: OnnxActionModel, keypoints: Keypoints, window: int = None, stride: int = None, top_k: int = 5):
+def predict(model: OnnxActionModel, keypoints: Keypoints, window: int = None, stride: int = None, top_k: int = 5,
+            gallery=None, threshold: float = None):
     """One prediction per window (the whole sequence without a window): dicts with the frame range and the
-    top-k (class, name, probability)."""
+    top-k classes: (label, name, probability) of a classification model, or with a `gallery`
+    (lib.fewshot.gallery.Gallery) of an embedding model (label, name, similarity), with `class` the nearest
+    gallery class or "unknown" below `threshold` (default: the gallery's suggestion)."""
     num_frames = keypoints.keypoint.shape[1]
     starts = window_starts(num_frames, window, stride or window)
     span = num_frames if window is None else min(window, num_frames)
     clips = np.stack([model.clip(Keypoints(keypoints.keypoint[:, s:s + span], keypoints.score[:, s:s + span],
                                            keypoints.img_hw)) for s in starts])
-    probabilities = model.probabilities(clips)
+    if gallery is not None:
+        similarities, predicted = gallery.classify(model.embed(clips), threshold)
+        return [{"frames": [start, start + span],
+                 "class": UNKNOWN_NAME if best == UNKNOWN else gallery.class_names[best],
+                 "top": [{"label": int(k), "name": gallery.class_names[k], "similarity": float(sims[k])}
+                         for k in np.argsort(-sims)[:top_k]],
+                 "similarities": sims}
+                for start, sims, best in zip(starts, similarities, predicted)]
     results = []
-    for start, probs in zip(starts, probabilities):
+    for start, probs in zip(starts, model.probabilities(clips)):
         order = np.argsort(-probs)[:top_k]
         results.append({
             "frames": [start, start + span],

@@ -195,6 +195,19 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str,
     return fig
 
 
+def write_per_class(path: Path, matrix: np.ndarray, names: list[str], labels=None):
+    """per_class.csv: one row per class of `names` (its label: `labels`, default 0..K-1) with its samples,
+    correct predictions and accuracy, from the confusion matrix [K', K'] (K' >= K: extra columns, e.g.
+    "unknown", count as wrong)."""
+    labels = range(len(names)) if labels is None else labels
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "class", "samples", "correct", "accuracy"])
+        for c, (label, name) in enumerate(zip(labels, names)):
+            samples, correct = int(matrix[c].sum()), int(matrix[c, c])
+            writer.writerow([label, name, samples, correct, f"{100.0 * correct / samples:.2f}" if samples else ""])
+
+
 def write_evaluation(out_dir: Path, metrics: dict, scores: torch.Tensor, labels: torch.Tensor, frame_dirs,
                      names: list[str], title: str, details: dict, all_classes: bool = False):
     """metrics.json (metrics plus `details`), per_class.csv (every class of the label map), confusion.png
@@ -204,12 +217,7 @@ def write_evaluation(out_dir: Path, metrics: dict, scores: torch.Tensor, labels:
     (out_dir / "metrics.json").write_text(json.dumps(dict(metrics, **details), indent=2))
     predicted, truth = scores.argmax(dim=1).numpy(), labels.numpy()
     matrix = confusion_matrix(predicted, truth, len(names))
-    with open(out_dir / "per_class.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "class", "samples", "correct", "accuracy"])
-        for c, name in enumerate(names):
-            samples, correct = int(matrix[c].sum()), int(matrix[c, c])
-            writer.writerow([c, name, samples, correct, f"{100.0 * correct / samples:.2f}" if samples else ""])
+    write_per_class(out_dir / "per_class.csv", matrix, names)
     plot_confusion(matrix, names, out_dir / "confusion.png", f"{title}: top-1 {metrics['top1']:.2f}%",
                    all_classes=all_classes)
     np.savez(out_dir / "predictions.npz", frame_dir=np.asarray(frame_dirs), label=truth, logits=scores.numpy(),

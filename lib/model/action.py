@@ -28,13 +28,15 @@ class ClassificationHead(nn.Module):
 
 class EmbeddingHead(nn.Module):
     """Dropout, mean over time, flatten the joints, mean over the persons present (a person whose keypoints
-    are all zero, the padding of a one-person clip, is left out), then fc - ReLU - fc and L2 normalisation:
-    a unit-length embedding, compared by cosine similarity."""
+    are all zero, the padding of a one-person clip, is left out), then fc - BatchNorm - ReLU - fc and L2
+    normalisation: a unit-length embedding, compared by cosine similarity. The BatchNorm removes what all
+    clips share, so that even an untrained model's embeddings spread over the sphere."""
 
     def __init__(self, in_dim: int, hidden_dim: int, embed_dim: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.bn = nn.BatchNorm1d(hidden_dim)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Linear(hidden_dim, embed_dim)
 
@@ -43,7 +45,7 @@ class EmbeddingHead(nn.Module):
         weights = present.to(per_person.dtype)
         weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, torch.ones_like(weights))  # nobody: all
         pooled = (per_person * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)  # [N, V*C]
-        return F.normalize(self.fc2(self.relu(self.fc1(pooled))), dim=-1)
+        return F.normalize(self.fc2(self.relu(self.bn(self.fc1(pooled)))), dim=-1)
 
 
 class ActionNet(nn.Module):

@@ -25,13 +25,20 @@ def draw_skeletons(frame: np.ndarray, keypoint: np.ndarray, score: np.ndarray, t
     return frame
 
 
+def top_class_text(entry: dict) -> str:
+    """'87.5% name' for a class probability, 'sim 0.91 name' for a gallery similarity."""
+    if "probability" in entry:
+        return f"{100 * entry['probability']:5.1f}% {entry['name']}"
+    return f"sim {entry['similarity']:.2f} {entry['name']}"
+
+
 def draw_top_classes(frame: np.ndarray, top: list) -> np.ndarray:
-    """Write the top classes ([{'name', 'probability'}, ...]) in white on a dark band below the frame's top
-    edge (in place)."""
+    """Write the top classes ([{'name', 'probability' or 'similarity'}, ...]) in white on a dark band below
+    the frame's top edge (in place)."""
     cv2 = require_cv2()
     scale = max(frame.shape[0] / 720, 0.35)
     font, size, pad = cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, max(int(8 * scale), 3)
-    texts = [f"{100 * entry['probability']:5.1f}% {entry['name']}" for entry in top]
+    texts = [top_class_text(entry) for entry in top]
     (_, height), _ = cv2.getTextSize("Ag", font, size, 1)
     line = height + 2 * pad
     width = max(cv2.getTextSize(text, font, size, 1)[0][0] for text in texts) + 2 * pad
@@ -68,12 +75,13 @@ def render_video(frames, keypoint: np.ndarray, score: np.ndarray, predictions: l
 
 
 def draw_timeline(predictions: list, class_names: list, fps: float, path, num_classes: int = 5):
-    """A PNG of the probability of the `num_classes` classes that reach the highest probability, against
-    the time of each window's centre."""
+    """A PNG of the probability (of a gallery's classes: the cosine similarity) of the `num_classes` classes
+    that reach the highest value, against the time of each window's centre."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    probabilities = np.stack([np.asarray(p["probabilities"]) for p in predictions])  # [windows, K]
+    key = "probabilities" if "probabilities" in predictions[0] else "similarities"
+    probabilities = np.stack([np.asarray(p[key]) for p in predictions])  # [windows, K]
     seconds = np.array([(p["frames"][0] + p["frames"][1]) / 2 / fps for p in predictions])
     shown = np.argsort(-probabilities.max(axis=0))[:num_classes]
     fig = Figure(figsize=(10, 3.6))
@@ -82,8 +90,8 @@ def draw_timeline(predictions: list, class_names: list, fps: float, path, num_cl
     for k in shown:
         ax.plot(seconds, probabilities[:, k], marker="o" if len(seconds) < 30 else None, label=class_names[k])
     ax.set_xlabel("time of the window's centre (s)")
-    ax.set_ylabel("probability")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability" if key == "probabilities" else "cosine similarity")
+    ax.set_ylim(0 if key == "probabilities" else -1, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
