@@ -243,3 +243,37 @@ def test_a_gallery_refuses_another_model(built, trained, tmp_path, capsys):
     status, err = run_gallery(["--checkpoint", classifier / "latest_epoch.bin", "--examples", built["examples"],
                                "--out", tmp_path / "g.npz"], capsys)
     assert status == 2 and "classification model" in err
+
+
+def test_infer_with_a_gallery_on_a_video_renders_and_streams(built, trained, capsys, tmp_path):
+    ann = val_annotations(trained, GALLERY_LABELS[1])[3]
+    index = [a["frame_dir"] for a in trained["data"]["annotations"]].index(ann["frame_dir"])
+    video = tmp_path / f"{ann['frame_dir']}.mp4"
+    write_video(ann, index, video, height=120)
+    backend = f"stand-in:{trained['root'] / 'demo_small.pkl'}"
+    infer_action = load_script("deployment/infer_action.py")
+    capsys.readouterr()
+    assert run_main(infer_action.main, ["--onnx", str(built["onnx"]), "--gallery", str(built["gallery"]),
+                                        "--video", str(video), "--backend", backend, "--window", "16", "--stride", "8",
+                                        "--render", str(tmp_path / "out.mp4"), "--json-out"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    windows = result["predictions"]
+    assert len(windows) >= 2 and all(w["class"] in Gallery.load(built["gallery"]).class_names + ["unknown"]
+                                     for w in windows)
+    assert result["gallery"] == str(built["gallery"]) and (tmp_path / "out.mp4").stat().st_size > 0
+    assert (tmp_path / "out_timeline.png").stat().st_size > 0
+
+    assert run_main(infer_action.main, ["--onnx", str(built["onnx"]), "--gallery", str(built["gallery"]),
+                                        "--stream", str(video), "--backend", backend, "--window", "16",
+                                        "--stride", "8", "--json-out"]) == 0
+    streamed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [w["class"] for w in streamed] == [w["class"] for w in windows[:len(streamed)]]
+    assert all("latency_ms" in w and len(w["similarities"]) == 3 for w in streamed)
+
+
+def test_infer_needs_a_gallery_for_an_embedding_model_and_an_embedding_model_for_a_gallery(built, capsys, tmp_path):
+    infer_action = load_script("deployment/infer_action.py")
+    keypoints = next(built["examples"].glob("*/*.npz"))
+    capsys.readouterr()
+    assert run_main(infer_action.main, ["--onnx", str(built["onnx"]), "--keypoints", str(keypoints)]) == 2
+    assert "embedding model" in capsys.readouterr().err

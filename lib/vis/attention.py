@@ -57,6 +57,9 @@ class VisOptions:
 
 def check_options(opts: VisOptions, cfg: Config):
     """Errors that need only the flags and the config."""
+    if cfg.model.model_version == "embed":
+        raise UserError("the heatmap sheets show a classification model's prediction; an embedding model "
+                        "(model_version: embed) has none: use a classification checkpoint and config")
     if opts.person not in range(NUM_PERSONS):
         raise UserError(f"--person must be 0 or 1 (the two person slots of a clip), got {opts.person}")
     if opts.per_class is not None and opts.samples:
