@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,29 @@ def test_two_process_pretraining_writes_one_run_and_its_backbone_bin(tiny):
     backbone = torch.load(out / "backbone.bin", weights_only=True)["backbone"]
     for key, value in backbone.items():
         assert torch.equal(value, state["model"][f"backbone.{key}"]), key
+
+
+def test_two_process_embedding_training_shares_class_balanced_batches_and_validates_as_one_process(tiny):
+    """An embedding model under torchrun: each process trains on its share of the per-class batches, and
+    the one-shot validation gathered from both equals a single-process evaluation of the same checkpoint."""
+    from lib.fewshot.sampler import class_balanced_batches
+
+    folder, overrides = tiny
+    out = folder / "embed"
+    embed = ["--set", "model_version=embed", "--set", "embed_dim=8", "--set", "clips_per_class=2"]
+    result = torchrun("--checkpoint", out, *overrides, *embed, "--set", "epochs=2")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "val_top1" in records[-1]
+    data = synthetic.generate("demo", seed=0, num_samples=90)
+    train = set(data["split"]["xsub_train"])
+    labels = [a["label"] for a in data["annotations"] if a["frame_dir"] in train]
+    steps = sum(len(class_balanced_batches(np.array(labels), 4, 2, 0, epoch)) // 2 for epoch in (0, 1))
+    state = torch.load(out / "latest_epoch.bin", weights_only=True)
+    assert state["optimizer"]["state"][0]["step"].item() == steps
+
+    evaluation = run([sys.executable, "evaluate_action.py", *SEED_ARGS, *overrides, *embed, "--evaluate",
+                      str(out / "latest_epoch.bin"), "--out-dir", str(folder / "embed_eval")])
+    assert evaluation.returncode == 0, evaluation.stderr
+    single = json.loads((folder / "embed_eval" / "metrics.json").read_text())
+    assert records[-1]["val_top1"] == pytest.approx(single["top1"], abs=1e-9)
