@@ -27,7 +27,7 @@ class ClassificationHead(nn.Module):
 
 
 class EmbeddingHead(nn.Module):
-    """Dropout, mean over time, flatten the joints, mean over the persons present (a person whose keypoints
+    """Dropout, mean over time, flatten the joints, mean over the persons present (a person whose confidences
     are all zero, the padding of a one-person clip, is left out), then fc - BatchNorm - ReLU - fc and L2
     normalisation: a unit-length embedding, compared by cosine similarity. The BatchNorm removes what all
     clips share, so that even an untrained model's embeddings spread over the sphere."""
@@ -80,7 +80,9 @@ class ActionNet(nn.Module):
         """x [N, M, T, V, Cin] -> [N, K]; with return_attention also the backbone's attention maps
         (their leading dimension folds N*M, person-major)."""
         n, m = x.shape[:2]
-        present = x.flatten(2).abs().amax(dim=2) > 0  # [N, M]: persons with any non-zero input
+        # [N, M]: persons with any non-zero confidence (the padding person's x, y are moved off zero by the
+        # crop scaling, its confidence, the last channel in every stream, stays 0)
+        present = x[..., -1].flatten(2).abs().amax(dim=2) > 0
         if return_attention:
             features, maps = self.backbone(x.flatten(0, 1), return_attention=True)  # [N*M, T, V, C]
             return self.head(features.unflatten(0, (n, m)), present), maps
