@@ -4,13 +4,15 @@
   data_split oneshot, else the validation split): every clip takes the class of its most similar exemplar
   (the protocol's named exemplars, else each class's first clip); plus k-shot curves over random draws.
 * `evaluate_gallery`: a gallery (lib/fewshot/gallery.py) on a labelled split: top-1 of the clips whose class
-  is in the gallery (matched by class name), how often they are called "unknown", how often clips of other
+  is in the gallery (matched by class name, `name_key`; the gallery's own examples, by file name = frame_dir,
+  left out), how often they are called "unknown", how often clips of other
   classes are, and k-shot curves of the same model on the split itself.
 
 Both write metrics.json, per_class.csv, confusion.png (with class names) and predictions.npz.
 """
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,13 @@ from lib.fewshot.matching import UNKNOWN, k_shot_accuracy, one_shot_accuracy
 log = logging.getLogger(__name__)
 K_SHOTS = (1, 2, 5)  # examples a class of the k-shot curves
 DRAWS = 10  # random draws per k
+
+
+def name_key(name: str) -> str:
+    """A class name as compared between a gallery's folders and a label map: lower case, every run of other
+    characters than letters and digits one space ('Drink_Water' and 'drink water' match, and a folder
+    'eat meal-snack' matches the label 'eat meal/snack')."""
+    return re.sub(r"[^0-9a-z]+", " ", name.lower()).strip()
 
 
 def test_split(cfg: Config) -> str:
@@ -115,11 +124,14 @@ def evaluate_gallery(cfg: Config, gallery_path, checkpoint=None, out_dir=None, t
                         "checkpoint it was exported from")
     out_dir = Path(out_dir) if out_dir else gallery_path.with_name(f"{gallery_path.stem}_eval")
     split = test_split(cfg)
-    trained, embeddings, labels = embed_split(cfg, checkpoint, split)
+    trained, all_embeddings, all_labels = embed_split(cfg, checkpoint, split)
     gallery.check_model(TorchEmbedder(trained.model, cfg, str(checkpoint)))
+    examples = {Path(source).stem for source in gallery.sources}
+    kept = np.array([str(name) not in examples for name in trained.val_set.frame_dirs])  # the gallery's own: out
+    embeddings, labels, frame_dirs = all_embeddings[kept], all_labels[kept], trained.val_set.frame_dirs[kept]
     threshold = gallery.threshold if threshold is None else threshold
-    position = {name: i for i, name in enumerate(gallery.class_names)}
-    truth = np.array([position.get(trained.class_names[c], UNKNOWN) for c in labels])
+    position = {name_key(name): i for i, name in enumerate(gallery.class_names)}
+    truth = np.array([position.get(name_key(trained.class_names[c]), UNKNOWN) for c in labels])
     known = truth != UNKNOWN
     if not known.any():
         raise UserError(f"none of the classes of {cfg.data.dataset} {split} is in {gallery_path} (its classes: "
@@ -131,11 +143,12 @@ def evaluate_gallery(cfg: Config, gallery_path, checkpoint=None, out_dir=None, t
                "known_clips": int(known.sum()), "known_called_unknown": 100.0 * float(np.mean(predicted[known] == UNKNOWN)),
                "other_clips": int((~known).sum()),
                "other_called_unknown": 100.0 * float(np.mean(predicted[~known] == UNKNOWN)) if (~known).any() else None,
-               "threshold": threshold, "k_shot": k_shot_curves(embeddings, labels, cfg.train.seed),
+               "gallery_examples_left_out": int((~kept).sum()),
+               "threshold": threshold, "k_shot": k_shot_curves(all_embeddings, all_labels, cfg.train.seed),
                "gallery": str(gallery_path), "checkpoint": str(checkpoint), "split": split, "dataset": cfg.data.dataset}
     write_matching(out_dir, metrics, truth, predicted, gallery.class_names, list(range(len(gallery.class_names))),
                    f"gallery {gallery_path.name} on {cfg.data.dataset} {split}",
-                   {"frame_dir": trained.val_set.frame_dirs, "label": labels, "predicted": predicted,
+                   {"frame_dir": frame_dirs, "label": labels, "predicted": predicted,
                     "similarity": similarity, "class_names": np.array(gallery.class_names)})
     other = ("" if metrics["other_called_unknown"] is None else
              f"; {metrics['other_clips']} clips of other classes, {metrics['other_called_unknown']:.1f}% called unknown")
