@@ -187,6 +187,9 @@ def test_evaluate_embedding_checkpoint_and_gallery(built, trained, tmp_path):
     names = [NAMES[label] for label in predictions["label"]]
     known = np.array([name in predictions["class_names"] for name in names])
     assert metrics["known_clips"] == known.sum() and metrics["other_clips"] == (~known).sum()
+    examples = {Path(source).stem for source in Gallery.load(built["gallery"]).sources}
+    assert metrics["gallery_examples_left_out"] == len(examples) == 9
+    assert not examples & set(predictions["frame_dir"].tolist())
     truth = np.array([list(predictions["class_names"]).index(n) if k else -1 for n, k in zip(names, known)])
     assert metrics["top1"] == pytest.approx(100 * np.mean(predictions["predicted"][known] == truth[known]))
     assert metrics["other_called_unknown"] == pytest.approx(100 * np.mean(predictions["predicted"][~known] == -1))
