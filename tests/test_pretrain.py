@@ -146,12 +146,15 @@ def test_backbone_bin_fits_every_finetuning_config(tmp_path):
     from lib.engine.checkpoint import load_backbone_weights, save_checkpoint
     from lib.engine.pretraining import backbone_file
 
-    pairs = {"pretrain_NTU60_xsub_small": "ft_NTU60_xsub_small", "pretrain_NTU60_xview_small": "ft_NTU60_xview_small",
-             "pretrain_NTU120_xsub_small": "ft_NTU120_xsub_small", "pretrain_NTU120_xset_small": "ft_NTU120_xview_small"}
-    for pretrain, finetune in pairs.items():
+    pairs = [("pretrain_NTU60_xsub_small", "action/ft_NTU60_xsub_small"),
+             ("pretrain_NTU60_xview_small", "action/ft_NTU60_xview_small"),
+             ("pretrain_NTU120_xsub_small", "action/ft_NTU120_xsub_small"),
+             ("pretrain_NTU120_xset_small", "action/ft_NTU120_xview_small"),
+             ("pretrain_NTU120_xsub_small", "oneshot/ft_oneshot_NTU120_small")]  # the embedding model
+    for pretrain, finetune in pairs:
         cfg = load_yaml_config(ROOT / f"configs/pretrain/{pretrain}.yaml", ROOT / HYPER)
         save_checkpoint(backbone_file(SkeletonBackbone(backbone_settings(cfg))), tmp_path / "backbone.bin")
-        model = action_model(load_yaml_config(ROOT / f"configs/action/{finetune}.yaml", ROOT / HYPER))
+        model = action_model(load_yaml_config(ROOT / f"configs/{finetune}.yaml", ROOT / HYPER))
         report = load_backbone_weights(model, tmp_path / "backbone.bin")
         assert not report.missing and not report.unexpected and not report.mismatched, (pretrain, report.summary())
         assert len(report.loaded) == len(model.backbone.state_dict())
