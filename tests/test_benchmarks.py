@@ -196,3 +196,26 @@ def test_bench_video_quick_reports_extraction_and_streaming(tmp_path):
     assert backends["yolo"] == {"measured": False, "why": f"no {tmp_path / 'absent-python'} (make test-video)"}
     assert backends["rtmlib"]["measured"] is False
     assert "stand-in  extraction" in result.stdout
+
+
+def test_bench_fewshot_quick_compares_the_three_features_and_times_a_gallery(tmp_path):
+    """The few-shot benchmark with a tinier model than its --quick default (the suite's time): both real
+    trainings, the three feature sets at 1 and 5 shots, the gallery timed with PyTorch and ONNX Runtime."""
+    out = tmp_path / "fewshot.json"
+    tiny = [arg for s in ("clip_len=8", "maxlen=8", "dim_rep=16", "depth=1", "num_heads=2", "hidden_dim=32",
+                          "embed_dim=16") for arg in ("--set", s)]
+    result = run_benchmark("bench_fewshot.py", "--work", tmp_path / "work", "--out", out, *tiny)
+    report = json.loads(out.read_text())
+    assert report["chance_top1"] == 5.0 and report["settings"]["split_sizes"]["oneshot_test"] > 0
+    assert set(report["results"]) == {"embedding", "classifier", "raw"}
+    for name, features in report["results"].items():
+        assert features["classes"] == 20 and features["one_shot_named"]["queries"] == features["clips"] - 20
+        assert 0 <= features["one_shot_named"]["top1"] <= 100
+        assert set(features["k_shot"]) == {"1", "5"}
+        assert all(len(k["draws"]) == 3 and 0 <= k["mean"] <= 100 for k in features["k_shot"].values())
+    assert report["results"]["embedding"]["dim"] == 16 and report["results"]["raw"]["dim"] == 2 * 8 * 17 * 3
+    engines = {g["engine"]: g for g in report["gallery"]}
+    assert set(engines) == {"pytorch_cpu", "onnxruntime_cpu"}
+    assert all(g["warm_ms_per_example"] > 0 and g["examples"] == 40 for g in engines.values())
+    assert engines["onnxruntime_cpu"]["max_abs_difference_to_pytorch"] < 1e-4
+    assert "(a) embedding model" in result.stdout and "(c) raw keypoints" in result.stdout
