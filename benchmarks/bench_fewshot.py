@@ -18,8 +18,8 @@ the protocol's 1-shot top-1 (its named exemplars, lib.engine.embedding.split_exe
 Then the time to build a gallery (lib/fewshot/gallery.py) of --gallery-per-class keypoint files (.npz) of
 each novel class with the embedding checkpoint (TorchEmbedder, on --gallery-device, the CPU by default):
 the first build (cold), the median of --gallery-repeats more (warm), and the model alone on the stacked
-clips; the same with the model exported to ONNX (ONNX Runtime on the CPU; skipped with --no-onnx or without
-onnxruntime). The trainings are `python train_action.py` (its main), each in a fresh process, on the real
+clips; the same with the model exported to ONNX (ONNX Runtime on the CPU; skipped with --no-onnx).
+The trainings are `python train_action.py` (its main), each in a fresh process, on the real
 config with `--set` overrides for the data, the epochs and the model version; every --set KEY=VALUE given
 here goes to both trainings (e.g. a bigger model on CUDA: --set dim_rep=128 --set depth=6 --set num_heads=8
 --set hidden_dim=1024).
@@ -223,30 +223,24 @@ def galleries(data: dict, checkpoint: Path, work: Path, args) -> list[dict]:
     runs = [time_gallery(embedder, examples, f"pytorch_{embedder.device.type}", time.perf_counter() - start,
                          args.gallery_repeats)]
     if not args.no_onnx:
-        try:
-            from lib.config import Config, apply_mapping, validate
-            from lib.data.labels import class_names
-            from lib.deploy.export import export_onnx
-            from lib.deploy.inference import OnnxActionModel
-            from lib.engine.checkpoint import load_checkpoint
+        from lib.data.labels import class_names
+        from lib.deploy.export import export_onnx
+        from lib.deploy.inference import OnnxActionModel
+        from lib.engine.checkpoint import load_checkpoint
+        from lib.fewshot.gallery import checkpoint_config
 
-            cfg = Config(name=checkpoint.stem)
-            apply_mapping(cfg, load_checkpoint(checkpoint)["config"], str(checkpoint))
-            validate(cfg)
-            path = work / "embedding.onnx"
-            start = time.perf_counter()
-            exported = TorchEmbedder.from_checkpoint(checkpoint, "cpu").model  # export_onnx moves it to the CPU
-            export_onnx(exported, cfg, class_names(cfg.data.action_classes, cfg.data.label_map), path)
-            export_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            onnx_model = OnnxActionModel(path)
-            run = time_gallery(onnx_model, examples, "onnxruntime_cpu", time.perf_counter() - start,
-                               args.gallery_repeats)
-            run["export_seconds"] = round(export_seconds, 2)
-            run["max_abs_difference_to_pytorch"] = float(np.abs(run["embeddings"] - runs[0]["embeddings"]).max())
-            runs.append(run)
-        except ImportError as e:
-            runs.append({"engine": "onnxruntime_cpu", "skipped": f"not installed: {e}"})
+        cfg = checkpoint_config(load_checkpoint(checkpoint), checkpoint)
+        path = work / "embedding.onnx"
+        start = time.perf_counter()
+        exported = TorchEmbedder.from_checkpoint(checkpoint, "cpu").model  # export_onnx moves it to the CPU
+        export_onnx(exported, cfg, class_names(cfg.data.action_classes, cfg.data.label_map), path)
+        export_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        onnx_model = OnnxActionModel(path)
+        run = time_gallery(onnx_model, examples, "onnxruntime_cpu", time.perf_counter() - start, args.gallery_repeats)
+        run["export_seconds"] = round(export_seconds, 2)
+        run["max_abs_difference_to_pytorch"] = float(np.abs(run["embeddings"] - runs[0]["embeddings"]).max())
+        runs.append(run)
     for run in runs:
         run.pop("embeddings", None)
     return runs
@@ -268,13 +262,10 @@ def print_galleries(runs: list[dict]):
     print(f"\n{'gallery build':16} | {'examples':>8} | {'load s':>6} | {'cold s':>7} | {'warm s':>7} | "
           f"{'warm ms/example':>15} | {'model ms/example':>16} | {'CPU s of other processes':>24}")
     for run in runs:
-        if "skipped" in run:
-            print(f"{run['engine']:16} | skipped: {run['skipped']}")
-            continue
         print(f"{run['engine']:16} | {run['examples']:8d} | {run['load_seconds']:6.2f} | "
               f"{run['cold_seconds']:7.3f} | {run['warm_seconds']:7.3f} | {run['warm_ms_per_example']:15.2f} | "
               f"{run['model_ms_per_example']:16.2f} | {run['other_cpu_seconds']:24.1f}")
-    onnx = next((r for r in runs if r["engine"] == "onnxruntime_cpu" and "skipped" not in r), None)
+    onnx = next((r for r in runs if r["engine"] == "onnxruntime_cpu"), None)
     if onnx:
         print(f"ONNX export {onnx['export_seconds']:.1f} s; its embeddings differ from PyTorch's by at most "
               f"{onnx['max_abs_difference_to_pytorch']:.2e}")
