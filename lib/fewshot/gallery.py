@@ -58,9 +58,9 @@ class Gallery:
     def classify(self, embeddings: np.ndarray, threshold: float = None) -> tuple[np.ndarray, np.ndarray]:
         """(similarity [N, C] of each embedding to each class, predicted class [N], UNKNOWN where the best
         similarity is below `threshold`, which defaults to the gallery's suggestion)."""
-        similarity = embeddings @ self.prototypes.T
-        predicted, _ = nearest(embeddings, self.prototypes, self.threshold if threshold is None else threshold)
-        return similarity, predicted
+        prototypes_ = self.prototypes
+        predicted, _ = nearest(embeddings, prototypes_, self.threshold if threshold is None else threshold)
+        return embeddings @ prototypes_.T, predicted
 
     def check_model(self, embedder):
         """A one-line error unless `embedder` is the model the gallery was built with."""
