@@ -1,6 +1,7 @@
 """Tests of the synthetic preset ntu120_oneshot (lib/data/synthetic.py) against the NTU120 one-shot protocol
 (lib/fewshot/protocol.py)."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,19 @@ def test_a_missing_exemplar_is_an_error_naming_it(data, tmp_path):
     store = load_store(path)
     with pytest.raises(UserError, match=missing):
         with_oneshot_splits(store)
+
+
+def test_pretraining_with_data_split_oneshot_reads_only_the_training_classes(data, tmp_path):
+    """A backbone for the one-shot protocol can be pretrained without ever reading a clip of the novel or
+    held-out classes, labelled or not."""
+    from lib.config import load_yaml_config
+    from lib.engine.pretraining import MaskedMotionTask
+
+    synthetic.write_pickle(data, tmp_path / "ntu120_oneshot.pkl")
+    cfg = load_yaml_config(Path(__file__).resolve().parents[1] / "configs/pretrain/pretrain_NTU120_xsub_small.yaml",
+                           overrides=[f"data_root={tmp_path}", "dataset=ntu120_oneshot", "data_split=oneshot"])
+    clips, validation = MaskedMotionTask(cfg).datasets()
+    assert validation is None
+    actions = set(clips.dataset.labels + 1)
+    assert actions and not actions & set(NOVEL_ACTIONS + HELD_OUT_ACTIONS)
+    assert len(actions) == 80
