@@ -227,10 +227,10 @@ def describe(gallery: Gallery) -> list[str]:
     lines = [f"{len(gallery.class_names)} classes, {len(gallery.labels)} examples: "
              + ", ".join(f"{name} ({count})" for name, count in zip(gallery.class_names, counts))]
     genuine, impostor = leave_one_out_similarities(gallery.embeddings, gallery.labels)
-    if len(genuine):
-        lines.append(f"leave-one-out similarity to the own class: {genuine.min():.3f}..{genuine.max():.3f}; "
-                     f"best other class: {impostor.min():.3f}..{impostor.max():.3f}" if len(impostor) else
-                     f"leave-one-out similarity to the own class: {genuine.min():.3f}..{genuine.max():.3f}")
+    ranges = [f"{what}: {values.min():.3f}..{values.max():.3f}" for what, values in
+              (("leave-one-out similarity to the own class", genuine), ("best other class", impostor)) if len(values)]
+    if ranges:
+        lines.append("; ".join(ranges))
     lines.append(f"suggested unknown threshold: {gallery.threshold:.3f} (cosine similarity; infer_action.py --threshold)")
     return lines
 
