@@ -159,7 +159,6 @@ def load_embedder(checkpoint=None, onnx=None, device: str = "cpu"):
         if model.task != "embed":
             raise UserError(f"{onnx} is a classification model; galleries need an exported embedding model "
                             "(deployment_action.py with an embedding checkpoint)")
-        model.name = str(onnx)
         return model
     return TorchEmbedder.from_checkpoint(checkpoint, device)
 
@@ -186,31 +185,40 @@ def example_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_example(path: Path, img_hw, estimator_spec: str, device: str, max_persons: int) -> Keypoints:
-    """The keypoints of one example: a keypoint file as it is, a video through the pose estimator."""
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        return read_json_file(path, img_hw)
-    if suffix in (".npz", ".npy"):
-        return read_array_file(path, img_hw)
-    from lib.video.estimators import load_estimator
-    from lib.video.extract import extract
-    from lib.video.frames import FrameSource
+class ExampleReader:
+    """The keypoints of one example: a keypoint file as it is, a video through the pose estimator (`backend`,
+    loaded at the first video and kept)."""
 
-    extraction = extract(FrameSource(path), load_estimator(estimator_spec, device), max_persons, progress=False)
-    if not extraction.detections:
-        raise UserError(f"{path}: no person was detected in the video; remove it or try another --backend")
-    return extraction.keypoints
+    def __init__(self, img_hw, backend: str, device: str, max_persons: int):
+        self.img_hw, self.backend, self.device, self.max_persons = img_hw, backend, device, max_persons
+        self.estimator = None
+
+    def __call__(self, path: Path) -> Keypoints:
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return read_json_file(path, self.img_hw)
+        if suffix in (".npz", ".npy"):
+            return read_array_file(path, self.img_hw)
+        from lib.video.estimators import load_estimator
+        from lib.video.extract import extract
+        from lib.video.frames import FrameSource
+
+        self.estimator = self.estimator or load_estimator(self.backend, self.device)
+        extraction = extract(FrameSource(path), self.estimator, self.max_persons, progress=False)
+        if not extraction.detections:
+            raise UserError(f"{path}: no person was detected in the video; remove it or try another --backend")
+        return extraction.keypoints
 
 
 def build_gallery(embedder, examples, img_hw=DEFAULT_IMG_SHAPE, backend: str = "rtmlib", device: str = "cpu",
                   max_persons: int = 2) -> Gallery:
     """Embed every example of every class folder of `examples` (module docstring)."""
+    read = ExampleReader(img_hw, backend, device, max_persons)
     names, clips, labels, sources = [], [], [], []
     for label, folder in enumerate(class_folders(examples)):
         names.append(folder.name)
         for path in example_files(folder):
-            keypoints = read_example(path, img_hw, backend, device, max_persons)
+            keypoints = read(path)
             clips.append(embedder.settings.clip(keypoints.keypoint, keypoints.score, keypoints.img_hw))
             labels.append(label)
             sources.append(str(path))
