@@ -42,6 +42,7 @@ class OnnxActionModel:
         self.settings = ClipSettings(int(meta["clip_len"]), tuple(json.loads(meta["scale_range_test"])),
                                      json.loads(meta["legacy_conf_order"]), meta.get("stream", "joint"))
         self.clip_len = self.settings.clip_len
+        self.output = self.session.get_outputs()[0].name  # action_label or embedding
 
     def clip(self, keypoints: Keypoints) -> np.ndarray:
         """The validation pipeline: float32 [2, clip_len, 17, 3]."""
@@ -51,8 +52,7 @@ class OnnxActionModel:
         """[N, 2, T, 17, 3] -> the model's output: logits [N, K] or embeddings [N, D]."""
         if self.layout == "NTVC":
             clips = clips[:, 0]
-        output = self.session.get_outputs()[0].name
-        return self.session.run([output], {"pose2d": np.ascontiguousarray(clips, dtype=np.float32)})[0]
+        return self.session.run([self.output], {"pose2d": np.ascontiguousarray(clips, dtype=np.float32)})[0]
 
     def embed(self, clips: np.ndarray) -> np.ndarray:
         """[N, 2, T, 17, 3] -> unit-length embeddings [N, D] (an embedding model)."""

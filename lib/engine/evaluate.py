@@ -230,6 +230,20 @@ def log_metrics(what: str, metrics: dict, out_dir: Path):
     log.info(f"wrote metrics.json, per_class.csv, confusion.png, predictions.npz to {out_dir}")
 
 
+def predict_checkpoint(cfg: Config, checkpoint, split: str = None, outputs=clip_scores):
+    """(the trained model with its split, the outputs, the labels) of a checkpoint over the config's validation
+    split (or `split`), on the config's device, with its autocast and compile settings (CUDA graphs on CUDA)."""
+    setup_logging()
+    keep_freed_memory()
+    device = pick_device(cfg.train.device)
+    trained = load_trained(cfg, checkpoint, device, micro_batch_size(cfg, device), split=split)
+    loader = eval_loader(trained.val_set, cfg, device)
+    with autocast(device, cfg.train.amp):
+        values, labels = predict(inference_forward(trained.model, cfg.train.compile, device), loader, device,
+                                 flip=cfg.data.flip_test, outputs=outputs)
+    return trained, values, labels
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None,
                         confusion_all_classes: bool = False) -> dict:
     """Evaluate a checkpoint on the validation split of the config; write the artefacts to `out_dir`
@@ -237,15 +251,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint, out_dir=None, save_scores=None,
     predictions.npz there (for --ensemble). Returns the metrics."""
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else checkpoint.with_name(f"{checkpoint.stem}_eval")
-    setup_logging()
-    keep_freed_memory()
-    device = pick_device(cfg.train.device)
-    trained = load_trained(cfg, checkpoint, device, micro_batch_size(cfg, device))
-    model, dataset, names = trained.model, trained.val_set, trained.class_names
-    loader = eval_loader(dataset, cfg, device)
-    with autocast(device, cfg.train.amp):
-        scores, labels = predict(inference_forward(model, cfg.train.compile, device), loader, device,
-                                 flip=cfg.data.flip_test)
+    trained, scores, labels = predict_checkpoint(cfg, checkpoint)
+    dataset, names = trained.val_set, trained.class_names
     metrics = classification_metrics(scores, labels)
     details = {"checkpoint": str(checkpoint), "split": dataset.split, "dataset": cfg.data.dataset,
                "protocol": {"num_clips": cfg.data.num_clips, "flip_test": cfg.data.flip_test,

@@ -18,11 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from lib.config import Config, config_to_dict
-from lib.engine.build import load_trained
-from lib.engine.compiled import inference_forward
 from lib.engine.embedding import split_exemplars
-from lib.engine.evaluate import clip_embeddings, confusion_matrix, eval_loader, plot_confusion, predict, write_per_class
-from lib.engine.runtime import autocast, keep_freed_memory, micro_batch_size, pick_device, setup_logging
+from lib.engine.evaluate import clip_embeddings, confusion_matrix, plot_confusion, predict_checkpoint, write_per_class
 from lib.errors import UserError
 from lib.fewshot.gallery import Gallery, TorchEmbedder
 from lib.fewshot.matching import UNKNOWN, k_shot_accuracy, one_shot_accuracy
@@ -50,14 +47,7 @@ def embed_split(cfg: Config, checkpoint, split: str):
     if cfg.model.model_version != "embed":
         raise UserError("this needs an embedding model: use its config (model_version: embed, e.g. "
                         "configs/oneshot/oneshot_NTU120_small.yaml)")
-    setup_logging()
-    keep_freed_memory()
-    device = pick_device(cfg.train.device)
-    trained = load_trained(cfg, checkpoint, device, micro_batch_size(cfg, device), split=split)
-    loader = eval_loader(trained.val_set, cfg, device)
-    with autocast(device, cfg.train.amp):
-        embeddings, labels = predict(inference_forward(trained.model, cfg.train.compile, device), loader, device,
-                                     flip=cfg.data.flip_test, outputs=clip_embeddings)
+    trained, embeddings, labels = predict_checkpoint(cfg, checkpoint, split, outputs=clip_embeddings)
     return trained, embeddings.numpy(), labels.numpy()
 
 
