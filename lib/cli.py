@@ -3,9 +3,10 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from lib.config import Config, load_yaml_config
-from lib.errors import UserError
+from lib.errors import PeerFailure, UserError
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -21,7 +22,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="initial joint-to-joint bias: skeleton adjacency (uniform) or identity (none)")
     p.add_argument("--version", type=int, choices=[1, 2], default=None,
                    help="2: full model with the hypergraph branch; 1: without it")
-    p.add_argument("-r", "--resume", default=None, help="checkpoint to resume training from")
+    p.add_argument("-r", "--resume", default=None,
+                   help="checkpoint to resume training from, or 'auto': the output folder's latest_epoch.bin when "
+                        "it exists, else a fresh start (for clusters: requeued jobs, torchrun --max-restarts)")
     p.add_argument("--evaluate", default=None, help="checkpoint to evaluate, visualise or export")
     p.add_argument("--deployment", default=None, help="output path of the ONNX model")
     p.add_argument("--backbone_ckpt", default=None, help="pretrained backbone for finetuning (overrides the YAML)")
@@ -56,22 +59,37 @@ def training_run(args: argparse.Namespace) -> tuple[Config, str, str]:
 
 def run_main(main, argv=None) -> int:
     """Call `main(argv)` and return its exit status (`main` returns one, or None for 0); a UserError
-    becomes one line on stderr and exit status 2."""
+    becomes one line on stderr and exit status 2, a PeerFailure one line and status 1. Under torchrun any
+    other exception is printed with its traceback and becomes status 1 too, so that exit_process ends the
+    process at once: a normal interpreter exit would first join the DataLoader workers, and a hung one
+    would keep the failed process alive, unseen by torchrun."""
     try:
         return main(argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PeerFailure as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if not under_torchrun():
+            raise
+        traceback.print_exc()
+        return 1
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def exit_process(status: int):
     """Leave the process with `status`. Under torchrun (WORLD_SIZE > 1) flush and leave at once: returning
     normally after destroy_process_group() sometimes aborted one gloo rank at interpreter exit, a known
     PyTorch teardown problem, so torchrun reported a failure for a finished run."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if under_torchrun():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -110,6 +110,13 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata=_range(0))
     lr_decay: float = field(default=0.99, metadata=_range(0, 1, lo_open=True))
     ckpt_save_frequency: int = field(default=5, metadata=_range(1))
+    # Also write latest_epoch.bin every this many minutes of training within an epoch, so that a crash loses
+    # at most that much work (0: only at the end of each epoch and on SIGINT / SIGTERM). The cost of one save at
+    # the published size: benchmarks/bench_faults.py (docs/distributed.md).
+    ckpt_every_minutes: float = field(default=10.0, metadata=_range(0))
+    # Under torchrun: the longest a process waits for the others in a collective operation before the run
+    # stops with an error naming the operation (a peer that died or hung); torch's own limit is 30 minutes.
+    dist_timeout_minutes: float = field(default=10.0, metadata=_range(0, lo_open=True))
     quickdebug: bool = False
     finetune: bool = False
     backbone_ckpt: Optional[str] = None

@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix (bad config, missing file, bad data)."""
+"""The exceptions that entry scripts print as one line: mistakes a user can fix (bad config, missing file,
+bad data), and a distributed run whose peer died or hung."""
 
 
 class UserError(Exception):
@@ -7,3 +8,9 @@ class UserError(Exception):
     Entry scripts print it without a traceback and exit non-zero; anything else is a bug
     and keeps its traceback.
     """
+
+
+class PeerFailure(Exception):
+    """Under torchrun: a collective operation failed or got no answer within train.dist_timeout_minutes,
+    because another process died or hung. Printed as one line; the process exits at once with status 1,
+    so that torchrun sees the failure (and, with --max-restarts, restarts the group)."""

@@ -8,19 +8,23 @@ order and pixels, `keypoint_score` [M, T, 17]).
 validates every sample, and packs the variable-length keypoints of all samples into one contiguous
 array with offsets (`SkeletonStore`). The packed arrays are written as .npy files to `.cache/` beside
 the pickle and memory-mapped, so a second start takes well under a second, memory holds the keypoints
-once, and DataLoader workers share the pages instead of copying them. The cache is rebuilt when the
-pickle's size or modification time changes.
+once, and DataLoader workers share the pages instead of copying them: a store pickles its mapped arrays
+as references to their files, so a worker started by the forkserver (lib/engine/runtime.data_loader) maps
+the same files instead of receiving a copy. The cache is rebuilt when the pickle's size or modification
+time changes.
 """
 import _compat_pickle
 import concurrent.futures
 import fcntl
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import pickle
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +227,33 @@ class SkeletonStore:
     def raw_nbytes(self) -> int:
         return self.keypoint.nbytes + self.score.nbytes
 
+    def __getstate__(self) -> dict:
+        """Memory-mapped arrays travel as (file, dtype, shape, offset): a loader worker in another process
+        maps the same file (the pages are shared) instead of unpickling a copy of the keypoints."""
+        return {name: (MappedArray(value.filename, value.dtype.str, value.shape, value.offset)
+                       if _is_whole_mapping(value) else value) for name, value in vars(self).items()}
+
+    def __setstate__(self, state: dict):
+        for name, value in state.items():
+            setattr(self, name, value.open() if isinstance(value, MappedArray) else value)
+
+
+def _is_whole_mapping(array) -> bool:
+    """An array that np.load mapped from a whole .npy file (not a view into one)."""
+    return isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap)
+
+
+@dataclass(frozen=True)
+class MappedArray:
+    """A read-only memory-mapped array by reference (see SkeletonStore.__getstate__)."""
+    filename: str
+    dtype: str
+    shape: tuple
+    offset: int
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.filename, dtype=np.dtype(self.dtype), mode="r", shape=self.shape, offset=self.offset)
+
 
 def _write_npy_stream(path: Path, dtype, shape, parts):
     """Write an .npy file part by part (C order), so the whole array never exists in memory."""
@@ -331,7 +362,8 @@ def _open_just_packed(folder: Path, fingerprint: dict, path) -> SkeletonStore:
 def load_store(path, use_cache: bool = True) -> SkeletonStore:
     """The SkeletonStore of a PYSKL pickle. The packed keypoints are written to disk and memory-mapped:
     in the cache beside the pickle (reused while the pickle is unchanged), or, without cache or when it
-    cannot be written, in a temporary folder whose files are removed once mapped."""
+    cannot be written, in a temporary folder removed when the store is (or when the process exits): loader
+    workers map its files as long as the store lives."""
     path = Path(path)
     if not path.is_file():
         read_pickle(path)  # raises the "not found" UserError
@@ -363,6 +395,13 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
                         "on the next start", cache, e)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="skeleton-store-") as folder:
-        _pack_in_child_process(path, Path(folder), fingerprint)
-        return _open_just_packed(Path(folder), fingerprint, path)  # the mapping outlives the removed files
+    folder = Path(tempfile.mkdtemp(prefix="skeleton-store-"))
+    try:
+        _pack_in_child_process(path, folder, fingerprint)
+        store = _open_just_packed(folder, fingerprint, path)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    # Tied to the keypoint array, which the stores derived from this one (dataclasses.replace) share.
+    weakref.finalize(store.keypoint, shutil.rmtree, folder, ignore_errors=True)
+    return store

@@ -1,13 +1,21 @@
 """Several processes with DistributedDataParallel, started by torchrun (which sets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT); without torchrun, one process and every helper here is a no-op.
-gloo on CPU, NCCL on CUDA (one GPU per process)."""
+gloo on CPU, NCCL on CUDA (one GPU per process).
+
+A process that waits for the others waits at most train.dist_timeout_minutes in any collective operation;
+then, or when a peer is gone, the helpers here raise PeerFailure, one line naming this rank, the operation
+and what the run was doing (`phase`), and the entry script exits at once (lib/cli.py) so that torchrun sees
+the failure. Each process is killed by the kernel when its launcher dies (lib.engine.runtime.die_with_parent).
+"""
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from lib.engine.runtime import pick_device
+from lib.engine.runtime import die_with_parent, pick_device
+from lib.errors import PeerFailure
 
 
 @dataclass
@@ -15,6 +23,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    phase: str = "start-up"  # what the run is doing, for PeerFailure's message; set by the training loop
 
     @property
     def enabled(self) -> bool:
@@ -29,7 +38,7 @@ class Distributed:
         if not self.enabled:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
+        self._collective("all_reduce", dist.all_reduce, tensor)
         return tensor.tolist()
 
     def sum_dict(self, values: dict) -> dict:
@@ -41,17 +50,25 @@ class Distributed:
                 total[key] = total.get(key, 0) + value
         return total
 
-    def any(self, flag: bool) -> bool:
-        """True on every process when it is True on any."""
-        return self.sum([float(flag)])[0] > 0
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag True on every process when it is True on any (one collective operation for all)."""
+        return [total > 0 for total in self.sum([float(flag) for flag in flags])]
 
     def gather(self, obj) -> list:
         """The objects of all processes, in rank order."""
         if not self.enabled:
             return [obj]
         gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
+        self._collective("all_gather_object", dist.all_gather_object, gathered, obj)
         return gathered
+
+    def from_main(self, obj):
+        """Rank 0's `obj`, on every process."""
+        if not self.enabled:
+            return obj
+        holder = [obj]
+        self._collective("broadcast_object_list", dist.broadcast_object_list, holder, src=0)
+        return holder[0]
 
     def shard(self, items: list) -> list:
         """This process's share: every world_size-th item from its rank on, all shares of equal length."""
@@ -62,7 +79,16 @@ class Distributed:
         """Copy rank 0's buffers (BatchNorm statistics) to every process."""
         if self.enabled:
             for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
+                self._collective("broadcast", dist.broadcast, buffer, src=0)
+
+    def _collective(self, name: str, operation, *args, **kwargs):
+        """Run a collective operation; a timeout or a lost peer becomes PeerFailure."""
+        try:
+            return operation(*args, **kwargs)
+        except RuntimeError as e:  # gloo and NCCL report both as RuntimeError (DistBackendError is one)
+            reason = " ".join(str(e).split())[:300]
+            raise PeerFailure(f"rank {self.rank} of {self.world_size}: {name} during {self.phase} failed: another "
+                              f"process died, or hung past train.dist_timeout_minutes ({reason})") from None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.enabled:
@@ -71,17 +97,25 @@ class Distributed:
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def init_distributed(device_name: str) -> Distributed:
+def init_distributed(device_name: str, timeout_minutes: float) -> Distributed:
+    """This process's place in a torchrun launch (or a single process). Collective operations that wait
+    longer than `timeout_minutes` fail."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_name)
     if world_size == 1:
         return Distributed(device=device)
+    die_with_parent()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes))
     return Distributed(rank=rank, world_size=world_size, device=device)
+
+
+def torchrun_restart() -> tuple[int, int]:
+    """(this launch's restart count, the most torchrun allows: --max-restarts); (0, 0) without torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")), int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
 
 
 def shutdown(ctx: Distributed):

@@ -4,7 +4,6 @@ import csv
 import json
 import logging
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,15 @@ from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.engine.build import load_trained
 from lib.engine.compiled import CompiledOrEager, inference_forward, pad_batch
-from lib.engine.runtime import autocast, keep_freed_memory, loader_workers, micro_batch_size, pick_device, setup_logging
+from lib.engine.runtime import autocast, data_loader, keep_freed_memory, loader_workers, micro_batch_size, pick_device, setup_logging
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def ignore_interrupts(worker_id: int):
-    """DataLoader workers leave Ctrl-C to the main process, which saves and stops cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def eval_loader(dataset: ActionDataset, cfg: Config, device: torch.device):
     """Evaluation batches of train.batch_size clips, in dataset order."""
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=False,
-                                       num_workers=loader_workers(cfg, device), pin_memory=device.type == "cuda",
-                                       worker_init_fn=ignore_interrupts)
+    return data_loader(dataset, device, loader_workers(cfg, device), batch_size=cfg.train.batch_size, shuffle=False)
 
 
 def flip_clips(x: torch.Tensor) -> torch.Tensor:

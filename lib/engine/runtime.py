@@ -1,10 +1,13 @@
-"""Process-level set-up shared by the entry scripts: device, seeds, logging, the C heap."""
+"""Process-level set-up shared by the entry scripts: device, seeds, logging, the C heap, DataLoaders and
+their worker processes."""
 import ctypes
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import random
+import signal
 import sys
 from pathlib import Path
 
@@ -88,6 +91,50 @@ def loader_workers(cfg: Config, device: torch.device) -> int:
         return CPU_LOADER_WORKERS
     needed = max(CPU_LOADER_WORKERS, math.ceil(2 * GPU_CLIPS_PER_SECOND / WORKER_CLIPS_PER_SECOND))
     return max(1, min(needed, (os.cpu_count() or 2) - 1))
+
+
+# Imported once by the forkserver, so that each loader worker it forks starts with them loaded.
+LOADER_WORKER_MODULES = ["torch", "numpy", "lib.data.dataset", "lib.engine.pretraining"]
+
+
+def data_loader(dataset, device: torch.device, num_workers: int, **kwargs) -> torch.utils.data.DataLoader:
+    """torch's DataLoader, its worker processes started by multiprocessing's forkserver instead of forked from
+    this process. A fork copies this process as it is, locks included: with other threads running (gloo's,
+    tqdm's monitor), a worker could start holding a lock that nobody will release, hang at once, and hang
+    the run (it was seen under torchrun). The forkserver is a single-threaded process started once per
+    process; workers are forked from it, with the modules of LOADER_WORKER_MODULES already imported, and
+    receive the dataset pickled (a SkeletonStore travels as references to its memory-mapped files, so the
+    keypoints are still shared, not copied). benchmarks/bench_faults.py measures the cost per epoch.
+    `kwargs` go to DataLoader as they are."""
+    if num_workers > 0:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(LOADER_WORKER_MODULES)
+        kwargs.update(multiprocessing_context=context, worker_init_fn=prepare_loader_worker)
+    return torch.utils.data.DataLoader(dataset, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs)
+
+
+def prepare_loader_worker(worker_id: int):
+    """In each loader worker: Ctrl-C is left to the main process (which saves and stops cleanly), and the
+    worker dies with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+def die_with_parent() -> bool:
+    """Have the kernel SIGKILL this process when its parent process dies (Linux; elsewhere a no-op that
+    returns False): a rank whose torchrun was killed, or a loader worker whose parent is gone, ends
+    whatever it is doing (a hung process would otherwise live on, holding its GPU)."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() == 1:  # the parent died before the request: nobody is left to wait for this process
+        os._exit(1)
+    return True
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -5,8 +5,11 @@ loss of a batch and the validation metrics; this loop does the rest, the same fo
 train on a fresh shuffle (keyed by seed and epoch), validate, step the learning rate, log (console,
 {checkpoint}/{log}.log, TensorBoard, metrics.jsonl) and save checkpoints. A resumed run ends with the
 same weights as an uninterrupted one: the shuffle and the clips depend only on (seed, epoch), and the
-checkpoint holds the model, optimizer, scheduler, RNG states and the position in the epoch. SIGINT or
-SIGTERM saves latest_epoch.bin at the current batch and ends the run with status 128 + the signal number.
+checkpoint holds the model, optimizer, scheduler, RNG states and the position in the epoch.
+latest_epoch.bin is written at the end of every epoch and every train.ckpt_every_minutes within one; SIGINT or
+SIGTERM saves it at the current batch and ends the run with status 128 + the signal number. `-r auto`
+resumes from it when it exists (else starts fresh), so the same command continues a run after a crash,
+a preemption or a torchrun restart (--max-restarts).
 
 Under torchrun every process trains on its share of each epoch's batches (batch_size per process) with
 DistributedDataParallel; validation is split across the processes and gathered, so its metrics equal a
@@ -29,9 +32,8 @@ from tqdm import tqdm
 from lib.config import Config, config_to_dict, save_config
 from lib.engine.checkpoint import load_checkpoint, match_state_dict, save_checkpoint
 from lib.engine.compiled import compile_enabled, compiled_graphs, maybe_compiled
-from lib.engine.distributed import Distributed, init_distributed, shutdown
-from lib.engine.evaluate import ignore_interrupts
-from lib.engine.runtime import autocast, keep_freed_memory, loader_workers, seed_everything, setup_logging
+from lib.engine.distributed import Distributed, init_distributed, shutdown, torchrun_restart
+from lib.engine.runtime import autocast, data_loader, keep_freed_memory, loader_workers, seed_everything, setup_logging
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ class StopSignal:
 
     def _record(self, signum, frame):
         self.signum = signum
+
+    def exit_status(self) -> int:
+        """128 + the signal, as a shell reports a process the signal ended (SIGTERM when the signal came to
+        another process of the run)."""
+        return 128 + (self.signum or signal.SIGTERM)
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -111,8 +118,55 @@ def restore_state(path, model, optimizer, scheduler, ctx: Distributed) -> Progre
     if not ctx.is_main:  # the saved sums already add up all processes; rank 0 carries them
         progress.sums = {}
     log.info(f"resumed from {path}: epoch {progress.epoch + 1}, batch {progress.next_batch}, "
-             f"best {progress.best_score:.2f}")
+             f"best {progress.best_score:.2f}{restart_note()}")
     return progress
+
+
+def restart_note() -> str:
+    restart, most = torchrun_restart()
+    return f" (torchrun restart {restart} of at most {most})" if restart else ""
+
+
+# Settings that may change when a run is continued with -r auto: they do not change what a step computes.
+RESUMABLE_CHANGES = {"train.epochs", "train.ckpt_save_frequency", "train.ckpt_every_minutes", "train.dist_timeout_minutes",
+                     "train.log", "train.device", "train.amp", "train.compile", "train.micro_batch",
+                     "train.quickdebug", "data.num_workers", "data.data_root"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(saved: dict, cfg: Config, path: Path):
+    """-r auto continues the run in the output folder only: a latest_epoch.bin saved with other settings
+    (besides RESUMABLE_CHANGES) is a one-line error naming the first that differs."""
+    theirs, ours = flatten(saved), flatten(config_to_dict(cfg))
+    for key in sorted(set(theirs) | set(ours)):
+        if key not in RESUMABLE_CHANGES and theirs.get(key) != ours.get(key):
+            raise UserError(f"{path} belongs to a run with {key} = {theirs.get(key)!r}, but this command has "
+                            f"{key} = {ours.get(key)!r}: continue it with the settings of its config.yaml, or "
+                            "give this run another --checkpoint folder")
+
+
+def resolve_resume(resume: str, out: Path, cfg: Config, ctx: Distributed):
+    """The checkpoint to resume from: `resume` as given, or for 'auto' {out}/latest_epoch.bin when rank 0
+    finds it (checked against the run's settings), else None for a fresh start; the same on every process."""
+    if resume != "auto":
+        return resume
+    latest = out / "latest_epoch.bin"
+    if not ctx.from_main(latest.is_file() if ctx.is_main else None):
+        log.info(f"-r auto: no {latest} yet; starting fresh{restart_note()}")
+        return None
+    saved = load_checkpoint(latest).get("config")
+    if saved is not None:  # checkpoints of earlier versions hold no config
+        check_same_run(saved, cfg, latest)
+    return latest
 
 
 def training_state(model, optimizer, scheduler, progress: Progress, cfg: Config, ctx: Distributed) -> dict:
@@ -128,25 +182,57 @@ def training_state(model, optimizer, scheduler, progress: Progress, cfg: Config,
             "config": config_to_dict(cfg)}
 
 
-def save_epoch_checkpoints(state: dict, out: Path, epoch: int, is_best: bool, every: int):
-    """The checkpoint policy: latest_epoch.bin always, epoch_{N}.bin every `every` epochs, best_epoch.bin
-    when this epoch is the best so far."""
-    save_checkpoint(state, out / "latest_epoch.bin")
-    if epoch % every == 0:
-        save_checkpoint(state, out / f"epoch_{epoch}.bin")
-    if is_best:
-        save_checkpoint(state, out / "best_epoch.bin")
+class Checkpoints:
+    """The checkpoint policy. At the end of an epoch: latest_epoch.bin, epoch_{N}.bin every
+    train.ckpt_save_frequency epochs, best_epoch.bin when the epoch is the best so far. Within an epoch:
+    latest_epoch.bin when a stop signal came, and every train.ckpt_every_minutes (rank 0's clock decides;
+    `save_latest` is called on every process, since the state gathers from all). Each file is written
+    atomically (lib.engine.checkpoint.save_checkpoint); rank 0 writes."""
+
+    def __init__(self, out: Path, model, optimizer, scheduler, cfg: Config, ctx: Distributed):
+        self.out, self.model, self.optimizer, self.scheduler, self.cfg, self.ctx = out, model, optimizer, scheduler, cfg, ctx
+        self.latest = out / "latest_epoch.bin"
+        self.saved_at = time.monotonic()
+
+    def due(self) -> bool:
+        """On rank 0: whether ckpt_every_minutes have passed since the last save (always False elsewhere)."""
+        minutes = self.cfg.train.ckpt_every_minutes
+        return self.ctx.is_main and minutes > 0 and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def _state(self, progress: Progress) -> dict:
+        self.saved_at = time.monotonic()
+        return training_state(self.model, self.optimizer, self.scheduler, progress, self.cfg, self.ctx)
+
+    def save_latest(self, progress: Progress):
+        state = self._state(progress)
+        if self.ctx.is_main:
+            save_checkpoint(state, self.latest)
+
+    def save_epoch(self, progress: Progress, is_best: bool):
+        state = self._state(progress)
+        if self.ctx.is_main:
+            save_checkpoint(state, self.latest)
+            if progress.epoch % self.cfg.train.ckpt_save_frequency == 0:
+                save_checkpoint(state, self.out / f"epoch_{progress.epoch}.bin")
+            if is_best:
+                save_checkpoint(state, self.out / "best_epoch.bin")
 
 
 class RunLogger:
     """The run's records on rank 0: one line per epoch on the console and in the log file, TensorBoard
-    curves, metrics.jsonl (appended to when resuming). Other processes log nothing."""
+    curves, metrics.jsonl. A run resumed after `epochs_done` epochs keeps the records of those epochs and
+    drops later ones (written before a crash that came ahead of the epoch's checkpoint), in metrics.jsonl
+    and in TensorBoard. Other processes log nothing."""
 
-    def __init__(self, out: Path, resume: bool, enabled: bool, best_metric: str):
+    def __init__(self, out: Path, epochs_done: int, enabled: bool, best_metric: str):
         self.enabled, self.best_metric = enabled, best_metric
         if enabled:
-            self.writer = SummaryWriter(out / "tensorboard")
-            self.metrics = open(out / "metrics.jsonl", "a" if resume else "w")
+            path = out / "metrics.jsonl"
+            kept = [line for line in (path.read_text().splitlines() if path.exists() and epochs_done else [])
+                    if json.loads(line)["epoch"] <= epochs_done]
+            self.writer = SummaryWriter(out / "tensorboard", purge_step=epochs_done + 1 if epochs_done else None)
+            self.metrics = open(path, "w")
+            self.metrics.writelines(line + "\n" for line in kept)
 
     def epoch(self, record: dict, train: dict, val: dict, lrs: dict):
         if not self.enabled:
@@ -181,18 +267,17 @@ def add_sums(total: dict, batch: dict) -> dict:
 
 
 def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg: Config, ctx: Distributed,
-                    stop: StopSignal, amp: bool) -> bool:
+                    stop: StopSignal, checkpoints: Checkpoints, amp: bool) -> bool:
     """Train on this process's share of the epoch's batches from `progress.next_batch` on, updating
-    `progress` after each batch. Returns False when a stop signal came (checked after every batch)."""
+    `progress` after each batch and saving latest_epoch.bin when it is due. Returns False when a stop signal
+    came (checked after every batch, on every process in the same collective operation)."""
     epoch, start = progress.epoch, progress.next_batch
     train_set.set_epoch(epoch)
     batches = ctx.shard(task.epoch_batches(train_set, epoch))
     if cfg.train.quickdebug:
         batches = batches[:1]
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=batches[start:], num_workers=loader_workers(cfg, ctx.device),
-        pin_memory=ctx.device.type == "cuda", worker_init_fn=ignore_interrupts,
-        generator=torch.Generator().manual_seed(cfg.train.seed))
+    loader = data_loader(train_set, ctx.device, loader_workers(cfg, ctx.device), batch_sampler=batches[start:],
+                         generator=torch.Generator().manual_seed(cfg.train.seed))
     forward.train()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=start, total=len(batches),
                dynamic_ncols=True, disable=not ctx.is_main)
@@ -206,22 +291,29 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
         progress.next_batch = batch_index + 1
         bar.set_postfix(**{k: f"{v:.4g}" for k, v in task.summarize(progress.sums).items()},
                         lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        if ctx.any(stop.signum is not None):
+        stopping, saving = ctx.any(stop.signum is not None, checkpoints.due())
+        if stopping:
             bar.close()
             return False
+        if saving:
+            checkpoints.save_latest(progress)
+            log.debug(f"saved {checkpoints.latest} at epoch {epoch + 1}, batch {progress.next_batch}")
     bar.close()
     return True
 
 
 def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
-    """Run `task` as configured; outputs in `checkpoint_dir`. Returns the exit status: 0 when every epoch
-    ran, 128 + the signal number when SIGINT / SIGTERM stopped it (after saving latest_epoch.bin)."""
-    ctx = init_distributed(cfg.train.device)
+    """Run `task` as configured; outputs in `checkpoint_dir`; `resume`: a checkpoint, or 'auto' for
+    {checkpoint_dir}/latest_epoch.bin when it exists. Returns the exit status: 0 when every epoch ran,
+    128 + the signal number when SIGINT / SIGTERM stopped it (after saving latest_epoch.bin)."""
+    ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     out = Path(checkpoint_dir)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
     setup_logging(out / f"{cfg.train.log}.log" if ctx.is_main else None, quiet=not ctx.is_main)
+    resume = resolve_resume(resume, out, cfg, ctx)
+    if ctx.is_main:
+        save_config(cfg, out / "config.yaml")
     seed_everything(cfg.train.seed + ctx.rank)  # dropout differs between processes; the data does not
     keep_freed_memory()
 
@@ -243,20 +335,22 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
              f"{params:,} trainable "
              f"parameters, device {ctx.device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}"
              f"{', bf16 autocast' if amp else ''}{', compiled' if compiling else ''}, output {out}")
-    logger = RunLogger(out, resume=bool(resume), enabled=ctx.is_main, best_metric=task.best_metric)
+    logger = RunLogger(out, epochs_done=progress.epoch if resume else 0, enabled=ctx.is_main,
+                       best_metric=task.best_metric)
+    checkpoints = Checkpoints(out, model, optimizer, scheduler, cfg, ctx)
     status = 0
     with StopSignal() as stop:
         while progress.epoch < cfg.train.epochs:
             started = time.perf_counter()
-            if not train_one_epoch(task, forward, optimizer, train_set, progress, cfg, ctx, stop, amp):
-                state = training_state(model, optimizer, scheduler, progress, cfg, ctx)
-                if ctx.is_main:
-                    save_checkpoint(state, out / "latest_epoch.bin")
-                log.info(f"stopped by signal {stop.signum} in epoch {progress.epoch + 1} after batch "
-                         f"{progress.next_batch}; saved {out / 'latest_epoch.bin'}; continue with -r {out / 'latest_epoch.bin'}")
-                status = 128 + (stop.signum or signal.SIGTERM)
+            ctx.phase = f"training, epoch {progress.epoch + 1}"
+            if not train_one_epoch(task, forward, optimizer, train_set, progress, cfg, ctx, stop, checkpoints, amp):
+                checkpoints.save_latest(progress)
+                status = stop.exit_status()
+                log.info(f"stopped by signal {status - 128} in epoch {progress.epoch + 1} after batch "
+                         f"{progress.next_batch}; saved {checkpoints.latest}; continue with -r auto (exit status {status})")
                 break
 
+            ctx.phase = f"validation, epoch {progress.epoch + 1}"
             ctx.broadcast_buffers(model)  # every process validates with rank 0's BatchNorm statistics
             val = ({} if val_set is None else  # a task without a validation split picks the best by training
                    task.validate(validation_forward, val_set, ctx, amp, max_batches=1 if cfg.train.quickdebug else None))
@@ -276,14 +370,15 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
             if compiling:
                 record["compiled_graphs"] = compiled_graphs()
             progress.epoch, progress.next_batch, progress.sums = epoch, 0, {}
-            state = training_state(model, optimizer, scheduler, progress, cfg, ctx)
+            ctx.phase = f"checkpoint, epoch {epoch}"
             logger.epoch(record, train_metrics, val, lrs)
+            checkpoints.save_epoch(progress, is_best)
             if ctx.is_main:
-                save_epoch_checkpoints(state, out, epoch, is_best, cfg.train.ckpt_save_frequency)
                 task.save_artifacts(model, out)
-            if ctx.any(stop.signum is not None):
-                log.info(f"stopped by signal {stop.signum} after epoch {epoch}; continue with -r {out / 'latest_epoch.bin'}")
-                status = 128 + (stop.signum or signal.SIGTERM)
+            if ctx.any(stop.signum is not None)[0]:
+                status = stop.exit_status()
+                log.info(f"stopped by signal {status - 128} after epoch {epoch}; saved {checkpoints.latest}; continue "
+                         f"with -r auto (exit status {status})")
                 break
     logger.close()
     if status == 0:
