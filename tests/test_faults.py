@@ -1,0 +1,232 @@
+"""Runs that survive the cluster, with a real two-process torchrun (gloo on the CPU): -r auto, torchrun's
+elastic restarts after a SIGKILLed worker, SIGTERM then -r auto, a rank stuck in validation, a killed
+launcher. Each fault is injected by a launcher script that patches the code under test in the rank
+processes only, then runs the real train_action.py."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.bench_faults import alive, descendants
+from lib.data import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_ARGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml", "--hyper_cfg",
+             "hyper_config/method2/manual_joint_label1.yaml", "--hyper_relation_bias", "uniform", "--version", "2"]
+EPOCHS = 3
+BATCHES_PER_EPOCH = 5  # per process: 40 training clips, 4 clips a batch, 2 processes
+TIMEOUT = 300
+
+# Runs train_action.py as `python train_action.py ARGS` would, after patching one fault into the rank
+# processes (FAULT, FAULT_RANK, FAULT_AT: the fault, the rank it hits, the 1-based training sample read in
+# epoch 2 at which it comes). Guarded by __main__: loader workers started by the forkserver import this
+# file too.
+FAULT_LAUNCHER = """
+import os, runpy, signal, sys, time
+sys.path[0] = {root!r}
+
+if __name__ == "__main__":
+    from lib.data.dataset import ActionDataset
+    from lib.engine.classification import ClassificationTask
+
+    fault, at = os.environ["FAULT"], int(os.environ.get("FAULT_AT", "0"))
+    hit = (os.environ["RANK"] == os.environ["FAULT_RANK"] and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0")
+    read_sample, validate, reads = ActionDataset.__getitem__, ClassificationTask.validate, 0
+
+    def read_and_fail(self, i):
+        global reads
+        if hit and self.train and self.epoch == 1:
+            reads += 1
+            if reads == at and fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if reads == at and fault == "term":
+                signal.raise_signal(signal.SIGTERM)
+        return read_sample(self, i)
+
+    def hang():
+        while True:  # stuck for good: the loop records SIGTERM, and nothing here looks at it
+            time.sleep(1)
+
+    def validate_or_hang(self, *args, **kwargs):
+        if hit and fault == "hang":
+            hang()
+        return validate(self, *args, **kwargs)
+
+    def step_or_hang(*args, **kwargs):
+        if hit and fault == "hang_in_step":
+            hang()
+        return training_step(*args, **kwargs)
+
+    training_step = ClassificationTask.training_step
+    ActionDataset.__getitem__, ClassificationTask.validate = read_and_fail, validate_or_hang
+    ClassificationTask.training_step = staticmethod(step_or_hang)
+    sys.argv[0] = "train_action.py"
+    runpy.run_path("train_action.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faults")
+    synthetic.write_pickle(synthetic.generate("demo", seed=0, num_samples=90), folder / "tiny.pkl")
+    overrides = [f"data_root={folder}", "dataset=tiny", "dim_rep=16", "depth=1", "num_heads=2", "clip_len=8",
+                 "maxlen=8", "hidden_dim=32", "num_workers=0", "device=cpu", "batch_size=4", "lr_head=0.003",
+                 "lr_backbone=0.003", f"epochs={EPOCHS}"]
+    launcher = folder / "train_with_fault.py"
+    launcher.write_text(FAULT_LAUNCHER.format(root=str(ROOT)))
+    return folder, [arg for o in overrides for arg in ("--set", o)], launcher
+
+
+def torchrun(script, *args, torchrun_args=(), env=None, timeout=TIMEOUT):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               *torchrun_args, str(script), *SEED_ARGS, *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny):
+    """The reference: the whole run in one go, with -r auto in an empty folder."""
+    folder, overrides, _ = tiny
+    out = folder / "uninterrupted"
+    result = torchrun("train_action.py", "--checkpoint", out, *overrides, "-r", "auto")
+    assert_ok(result)
+    return out, result
+
+
+def final_state(out: Path) -> dict:
+    return torch.load(out / "latest_epoch.bin", weights_only=True)
+
+
+def assert_same_weights(out: Path, reference: Path):
+    ours, theirs = final_state(out), final_state(reference)
+    assert ours["progress"]["epoch"] == theirs["progress"]["epoch"] == EPOCHS
+    for key, value in theirs["model"].items():
+        assert torch.equal(ours["model"][key], value), key
+    for index, state in theirs["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(ours["optimizer"]["state"][index][name], value), (index, name)
+
+
+def epochs_logged(out: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_auto_resume_in_an_empty_folder_starts_fresh(uninterrupted):
+    out, result = uninterrupted
+    assert f"-r auto: no {out / 'latest_epoch.bin'} yet; starting fresh" in result.stdout
+    assert "resumed from" not in result.stdout
+    assert epochs_logged(out) == [1, 2, 3]
+
+
+def test_a_sigkilled_worker_is_restarted_by_torchrun_and_the_run_ends_as_an_uninterrupted_one(tiny, uninterrupted):
+    """Rank 1 is SIGKILLed while it reads its third batch of epoch 2; latest_epoch.bin is written after every
+    batch (a tiny ckpt_every_minutes), so the group torchrun restarts continues from epoch 2, batch 2."""
+    folder, overrides, launcher = tiny
+    out = folder / "killed"
+    result = torchrun(launcher, "--checkpoint", out, *overrides, "--set", "ckpt_every_minutes=0.00001", "-r", "auto",
+                      torchrun_args=["--max-restarts=2"], env={"FAULT": "kill", "FAULT_RANK": "1", "FAULT_AT": "9"})
+    assert_ok(result)
+    log = (out / "run_action.log").read_text()
+    assert log.count("starting fresh") == 1
+    assert f"resumed from {out / 'latest_epoch.bin'}: epoch 2, batch 2," in log
+    assert "(torchrun restart 1 of at most 2)" in log
+    assert epochs_logged(out) == [1, 2, 3]
+    assert_same_weights(out, uninterrupted[0])
+
+
+def test_sigterm_in_mid_epoch_then_the_same_command_with_auto_resume_ends_as_an_uninterrupted_run(tiny, uninterrupted):
+    folder, overrides, launcher = tiny
+    out = folder / "preempted"
+    args = ("--checkpoint", out, *overrides, "-r", "auto")
+    stopped = torchrun(launcher, *args, env={"FAULT": "term", "FAULT_RANK": "0", "FAULT_AT": "4"})
+    assert stopped.returncode != 0
+    assert "exitcode: 143" in stopped.stderr  # 128 + SIGTERM, what a requeue script sees
+    log = (out / "run_action.log").read_text()
+    assert f"stopped by signal 15 in epoch 2 after batch 1; saved {out / 'latest_epoch.bin'}; continue with -r auto " \
+           "(exit status 143)" in log
+    progress = final_state(out)["progress"]
+    assert (progress["epoch"], progress["next_batch"]) == (1, 1)
+    resumed = torchrun("train_action.py", *args)
+    assert_ok(resumed)
+    assert f"resumed from {out / 'latest_epoch.bin'}: epoch 2, batch 1," in resumed.stdout
+    assert epochs_logged(out) == [1, 2, 3]
+    assert_same_weights(out, uninterrupted[0])
+
+
+def test_auto_resume_refuses_the_checkpoint_of_another_configuration_in_one_line(tiny, uninterrupted):
+    folder, overrides, _ = tiny
+    out = folder / "another"
+    shutil.copytree(uninterrupted[0], out)
+    before = (out / "latest_epoch.bin").stat().st_mtime_ns
+    result = torchrun("train_action.py", "--checkpoint", out, *overrides, "--set", "lr_head=0.001", "-r", "auto")
+    assert result.returncode != 0
+    message = (f"error: {out / 'latest_epoch.bin'} belongs to a run with train.lr_head = 0.003, but this command "
+               "has train.lr_head = 0.001: continue it with the settings of its config.yaml, or give this run "
+               "another --checkpoint folder")
+    assert message in result.stderr.splitlines()
+    assert "lib/engine" not in result.stderr  # no traceback of ours
+    assert (out / "latest_epoch.bin").stat().st_mtime_ns == before
+    # the settings that do not change a step may differ: a finished run continues to more epochs
+    extended = torchrun("train_action.py", "--checkpoint", out, *overrides, "--set", f"epochs={EPOCHS + 1}",
+                        "--set", "num_workers=2", "-r", "auto")
+    assert_ok(extended)
+    assert f"resumed from {out / 'latest_epoch.bin'}: epoch {EPOCHS + 1}, batch 0" in extended.stdout
+    assert epochs_logged(out) == [1, 2, 3, 4]
+
+
+def test_a_rank_stuck_in_validation_ends_the_run_with_an_error_naming_the_operation(tiny):
+    """Rank 1 hangs in epoch 1's validation; rank 0 waits in the gathering of the predictions for
+    dist_timeout_minutes (6 s), then exits with one line; torchrun stops rank 1 (SIGKILL after its 30 s grace,
+    since a hung process ignores SIGTERM) and the run ends with an error instead of hanging."""
+    folder, overrides, launcher = tiny
+    out = folder / "hung"
+    start = time.monotonic()
+    result = torchrun(launcher, "--checkpoint", out, *overrides, "--set", "dist_timeout_minutes=0.1",
+                      env={"FAULT": "hang", "FAULT_RANK": "1"}, timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert ("error: rank 0 of 2: all_gather_object during validation, epoch 1 failed: another process died, or hung "
+            "past train.dist_timeout_minutes") in result.stderr
+    assert elapsed < 6 + 30 + 40, elapsed
+
+
+def test_ranks_and_their_loader_workers_die_with_a_killed_launcher(tiny):
+    """torchrun SIGKILLed while rank 1 hangs in its first training step and rank 0 waits for it, each with
+    2 loader workers (started by its forkserver): every process below torchrun ends within seconds."""
+    folder, overrides, launcher = tiny
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
+               *SEED_ARGS, "--checkpoint", str(folder / "orphans"), *overrides, "--set", "num_workers=2",
+               "--set", "epochs=100"]
+    launcher_process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env=dict(os.environ, OMP_NUM_THREADS="1", FAULT="hang_in_step", FAULT_RANK="1"))
+    try:
+        deadline = time.monotonic() + 120
+        below = set()
+        while len(below) < 2 * (1 + 1 + 2) and time.monotonic() < deadline:  # per rank: itself, a forkserver, 2 workers
+            time.sleep(0.5)
+            below = descendants(launcher_process.pid)
+        assert len(below) >= 2 * (1 + 1 + 2), below
+        launcher_process.kill()
+        launcher_process.wait()
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in below if alive(pid)]
+    finally:
+        for pid in [launcher_process.pid, *descendants(launcher_process.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
