@@ -109,7 +109,14 @@ def init_distributed(device_name: str, timeout_minutes: float) -> Distributed:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes))
+    # Each torchrun restart keeps the store (and the port) of the first launch, with the keys the processes of
+    # the earlier attempts wrote: a new process could read a dead one's address and fail to connect (it did,
+    # in most restarts under gloo). The keys of each attempt go under a prefix of their own.
+    timeout = timedelta(minutes=timeout_minutes)
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"restart_{torchrun_restart()[0]}/", store)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world_size, timeout=timeout)
     return Distributed(rank=rank, world_size=world_size, device=device)
 
 

@@ -1,14 +1,18 @@
 """Process-level set-up shared by the entry scripts: device, seeds, logging, the C heap, DataLoaders and
 their worker processes."""
 import ctypes
+import functools
 import logging
 import math
 import multiprocessing
 import os
 import platform
 import random
+import select
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,15 +113,37 @@ def data_loader(dataset, device: torch.device, num_workers: int, **kwargs) -> to
     if num_workers > 0:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(LOADER_WORKER_MODULES)
-        kwargs.update(multiprocessing_context=context, worker_init_fn=prepare_loader_worker)
+        kwargs.update(multiprocessing_context=context, worker_init_fn=functools.partial(prepare_loader_worker, os.getpid()))
     return torch.utils.data.DataLoader(dataset, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs)
 
 
-def prepare_loader_worker(worker_id: int):
+def prepare_loader_worker(owner: int, worker_id: int):
     """In each loader worker: Ctrl-C is left to the main process (which saves and stops cleanly), and the
-    worker dies with its parent."""
+    worker ends as soon as the process that owns its DataLoader (`owner`) has ended, whatever the worker is
+    doing. (Its parent is the forkserver, which lives as long as any worker does: torch's own check, for a
+    changed parent, never fires.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    threading.Thread(target=exit_when_ended, args=(owner,), name="owner-watch", daemon=True).start()
+
+
+def exit_when_ended(pid: int):
+    """Wait until process `pid` has ended, then end this process at once (status 1)."""
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or a kernel before 5.3): poll
+        while _running(pid):
+            time.sleep(1)
+    else:
+        select.select([handle], [], [])
+    os._exit(1)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
@@ -125,8 +151,8 @@ PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 def die_with_parent() -> bool:
     """Have the kernel SIGKILL this process when its parent process dies (Linux; elsewhere a no-op that
-    returns False): a rank whose torchrun was killed, or a loader worker whose parent is gone, ends
-    whatever it is doing (a hung process would otherwise live on, holding its GPU)."""
+    returns False): a rank whose torchrun was killed ends whatever it is doing (a hung process would
+    otherwise live on, holding its GPU)."""
     if sys.platform != "linux":
         return False
     libc = ctypes.CDLL(None, use_errno=True)
