@@ -4,7 +4,7 @@
 
 1. Trials: a 2-process torchrun run (gloo on the CPU, a tiny model on a synthetic pickle) with
    --max-restarts and -r auto, in which one rank, drawn at random, is SIGKILLed at a random moment of the
-   run (uniform over the uninterrupted run's duration). Per trial: whether the run finished, the largest
+   run (uniform over 5-95% of the uninterrupted run's duration, or as soon as both ranks run, if later). Per trial: whether the run finished, the largest
    difference between its final weights and those of the uninterrupted run of the same seed, whether it
    hung (still running after --hang-limit seconds), how many restarts torchrun made, and the seconds of
    work lost (from the last write of latest_epoch.bin, or the start, to the kill).
@@ -126,10 +126,11 @@ def run_trial(index: int, pickle: Path, work: Path, reference, duration: float, 
     process = start(trial_command(pickle, out, max_restarts=3), work / f"trial_{index}.log")
     started = time.monotonic()
     record = {"trial": index, "kill_after_s": round(moment, 2), "rank": victim_rank}
-    while time.monotonic() - started < moment and process.poll() is None:
+    ranks = []
+    while process.poll() is None and (time.monotonic() - started < moment or len(ranks) < 2):
         time.sleep(0.05)
-    ranks = rank_processes(process.pid)
-    if process.poll() is None and len(ranks) == 2:
+        ranks = rank_processes(process.pid)  # a moment before both ranks started waits for them
+    if process.poll() is None:
         latest = out / "latest_epoch.bin"
         saved_at = latest.stat().st_mtime if latest.exists() else None
         os.kill(ranks[victim_rank], signal.SIGKILL)
@@ -137,7 +138,7 @@ def run_trial(index: int, pickle: Path, work: Path, reference, duration: float, 
         record["killed"] = True
         record["work_lost_s"] = round(killed_at - (saved_at or (killed_at - (time.monotonic() - started))), 2)
     else:
-        record["killed"] = False  # the run had ended, or was between torchrun's start and its ranks'
+        record["killed"] = False  # the run had ended
     try:
         process.wait(timeout=hang_limit)
         record["hung"] = False
