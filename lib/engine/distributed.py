@@ -7,6 +7,7 @@ then, or when a peer is gone, the helpers here raise PeerFailure, one line namin
 and what the run was doing (`phase`), and the entry script exits at once (lib/cli.py) so that torchrun sees
 the failure. Each process is killed by the kernel when its launcher dies (lib.engine.runtime.die_with_parent).
 """
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +17,8 @@ import torch.distributed as dist
 
 from lib.engine.runtime import die_with_parent, pick_device
 from lib.errors import PeerFailure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,15 +112,28 @@ def init_distributed(device_name: str, timeout_minutes: float) -> Distributed:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    # Each torchrun restart keeps the store (and the port) of the first launch, with the keys the processes of
-    # the earlier attempts wrote: a new process could read a dead one's address and fail to connect (it did,
-    # in most restarts under gloo). The keys of each attempt go under a prefix of their own.
     timeout = timedelta(minutes=timeout_minutes)
     store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
-    store = dist.PrefixStore(f"restart_{torchrun_restart()[0]}/", store)
+    store = dist.PrefixStore(attempt_prefix(world_size), store)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
                             world_size=world_size, timeout=timeout)
     return Distributed(rank=rank, world_size=world_size, device=device)
+
+
+def attempt_prefix(world_size: int) -> str:
+    """The store prefix of this launch's keys. A torchrun restart reuses the store of its agent (torch's default,
+    TORCHELASTIC_USE_AGENT_STORE), keys of the earlier attempts included: a new process could read a dead
+    one's address and fail to connect (under gloo it did in most restarts here; pytorch/pytorch#135712). On
+    one node, the restart count names the attempt for every process; across nodes the counts differ (each
+    agent keeps its own), so there the launcher must give each attempt a store of its own:
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as the sbatch example does (docs/distributed.md)."""
+    shared_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if shared_store and int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) == world_size:
+        return f"restart_{torchrun_restart()[0]}/"
+    if shared_store and int(os.environ["RANK"]) == 0:
+        log.warning("torchrun shares its store with the processes across nodes: after a restart they can connect "
+                    "to dead peers; launch torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/distributed.md)")
+    return ""
 
 
 def torchrun_restart() -> tuple[int, int]:
