@@ -1,13 +1,14 @@
 """Fault benchmark: what a crash costs a training run, and what protects it. Prints tables and writes JSON.
 
-    python benchmarks/bench_faults.py [--trials 20] [--seed 0] [--quick] [--work DIR] [--out benchmarks/results/faults.json]
+    python benchmarks/bench_faults.py [--trials 20] [--epochs 12] [--seed 0] [--quick] [--work DIR] [--out PATH]
 
 1. Trials: a 2-process torchrun run (gloo on the CPU, a tiny model on a synthetic pickle) with
    --max-restarts and -r auto, in which one rank, drawn at random, is SIGKILLed at a random moment of the
-   run (uniform over 5-95% of the uninterrupted run's duration, or as soon as both ranks run, if later). Per trial: whether the run finished, the largest
-   difference between its final weights and those of the uninterrupted run of the same seed, whether it
-   hung (still running after --hang-limit seconds), how many restarts torchrun made, and the seconds of
-   work lost (from the last write of latest_epoch.bin, or the start, to the kill).
+   run (uniform over 5-75% of the uninterrupted run's duration, or as soon as both ranks run, if later).
+   Per trial: whether the run finished, the largest difference between its final weights and those of
+   the uninterrupted run of the same seed, whether it hung (still running after --hang-limit seconds),
+   how many restarts torchrun made, and the seconds of work lost (from the last write of
+   latest_epoch.bin to the kill, or from the launch, start-up included, when none was written yet).
 2. The seconds one save of latest_epoch.bin takes at the published size (train_NTU60_xsub_small: model,
    AdamW state, RNG states; written and fsynced to --work), and its share of training time at the
    default train.ckpt_every_minutes.
@@ -36,7 +37,6 @@ sys.path.insert(0, str(ROOT))
 
 SEED_ARGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml", "--hyper_cfg",
              "hyper_config/method2/manual_joint_label1.yaml", "--hyper_relation_bias", "uniform", "--version", "2"]
-TRIAL_EPOCHS = 4
 CKPT_EVERY_MINUTES = 0.05  # in the trials: latest_epoch.bin every 3 s, so a kill loses at most that
 
 
@@ -78,10 +78,10 @@ def rank_processes(launcher_pid: int) -> list[int]:
     return sorted(ranks)
 
 
-def trial_command(pickle: Path, out: Path, max_restarts: int) -> list[str]:
+def trial_command(pickle: Path, out: Path, epochs: int, max_restarts: int) -> list[str]:
     overrides = [f"data_root={pickle.parent}", f"dataset={pickle.stem}", "dim_rep=16", "depth=1", "num_heads=2",
                  "clip_len=16", "maxlen=16", "hidden_dim=32", "num_workers=0", "device=cpu", "batch_size=4",
-                 "lr_head=0.003", "lr_backbone=0.003", f"epochs={TRIAL_EPOCHS}", f"ckpt_every_minutes={CKPT_EVERY_MINUTES}",
+                 "lr_head=0.003", "lr_backbone=0.003", f"epochs={epochs}", f"ckpt_every_minutes={CKPT_EVERY_MINUTES}",
                  "dist_timeout_minutes=1"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             f"--max-restarts={max_restarts}", "train_action.py", *SEED_ARGS, "--checkpoint", str(out), "-r", "auto",
@@ -94,13 +94,14 @@ def start(command: list[str], log_path: Path) -> subprocess.Popen:
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
-def final_weights(out: Path):
+def final_weights(out: Path, epochs: int):
+    """The model's weights when the run in `out` has trained all `epochs`, else None."""
     import torch
     path = out / "latest_epoch.bin"
     if not path.is_file():
         return None
     state = torch.load(path, weights_only=True)
-    return state["model"] if state["progress"]["epoch"] == TRIAL_EPOCHS else None
+    return state["model"] if state["progress"]["epoch"] == epochs else None
 
 
 def max_difference(ours, theirs) -> float | None:
@@ -118,12 +119,12 @@ def stop_group(process: subprocess.Popen):
     process.wait()
 
 
-def run_trial(index: int, pickle: Path, work: Path, reference, duration: float, rng: random.Random,
+def run_trial(index: int, pickle: Path, work: Path, epochs: int, reference, duration: float, rng: random.Random,
               hang_limit: float) -> dict:
     out = work / f"trial_{index}"
-    moment = rng.uniform(0.05, 0.95) * duration
+    moment = rng.uniform(0.05, 0.75) * duration
     victim_rank = rng.randrange(2)
-    process = start(trial_command(pickle, out, max_restarts=3), work / f"trial_{index}.log")
+    process = start(trial_command(pickle, out, epochs, max_restarts=3), work / f"trial_{index}.log")
     started = time.monotonic()
     record = {"trial": index, "kill_after_s": round(moment, 2), "rank": victim_rank}
     ranks = []
@@ -146,8 +147,8 @@ def run_trial(index: int, pickle: Path, work: Path, reference, duration: float, 
         stop_group(process)
         record["hung"] = True
     record["seconds"] = round(time.monotonic() - started, 1)
-    record["finished"] = process.returncode == 0 and final_weights(out) is not None
-    record["max_abs_difference"] = max_difference(final_weights(out), reference)
+    record["finished"] = process.returncode == 0 and final_weights(out, epochs) is not None
+    record["max_abs_difference"] = max_difference(final_weights(out, epochs), reference)
     log = (out / "run_action.log").read_text() if (out / "run_action.log").exists() else ""
     record["restarts"] = log.count("torchrun restart")
     return record
@@ -223,10 +224,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the moments and ranks drawn for the kills")
     p.add_argument("--hang-limit", type=float, default=300, help="seconds after which a trial counts as hung")
     p.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
-    p.add_argument("--quick", action="store_true", help="2 trials and 3 loader passes (the test suite's run)")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of each run")
+    p.add_argument("--quick", action="store_true", help="2 trials of 4 epochs, 3 loader passes (the test suite's run)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    trials, passes = (2, 3) if args.quick else (args.trials, 10)
+    trials, passes, epochs = (2, 3, 4) if args.quick else (args.trials, 10, args.epochs)
 
     from lib.data import synthetic
 
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     pickle = work / "faults.pkl"
     synthetic.write_pickle(synthetic.generate("demo", seed=0, num_samples=90), pickle)
-    result = {"command": " ".join(sys.argv), "trial_epochs": TRIAL_EPOCHS,
+    result = {"command": " ".join(sys.argv), "trial_epochs": epochs,
               "trial_ckpt_every_minutes": CKPT_EVERY_MINUTES, "hang_limit_s": args.hang_limit}
     run = idle_machine(result) if not args.quick else contextlib.nullcontext()
     with run:
@@ -243,17 +245,17 @@ def main(argv=None) -> int:
 
         reference_out = work / "uninterrupted"
         begin = time.monotonic()
-        reference_run = start(trial_command(pickle, reference_out, max_restarts=0), work / "uninterrupted.log")
+        reference_run = start(trial_command(pickle, reference_out, epochs, max_restarts=0), work / "uninterrupted.log")
         if reference_run.wait() != 0:
             print((work / "uninterrupted.log").read_text()[-3000:])
             raise SystemExit("the uninterrupted run failed")
         duration = time.monotonic() - begin
-        reference = final_weights(reference_out)
+        reference = final_weights(reference_out, epochs)
         result["uninterrupted_seconds"] = round(duration, 1)
         rng = random.Random(args.seed)
         result["trials"] = []
         for index in range(trials):
-            record = run_trial(index, pickle, work, reference, duration, rng, args.hang_limit)
+            record = run_trial(index, pickle, work, epochs, reference, duration, rng, args.hang_limit)
             result["trials"].append(record)
             print(f"trial {index}: {record}", flush=True)
     result["machine"] = machine_info()

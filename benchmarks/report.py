@@ -197,6 +197,31 @@ def video_table(report: dict) -> str:
                   "of which clip + model (ms)", "streaming frames/s"], rows)
 
 
+def faults_tables(report: dict) -> str:
+    """Killed ranks and recovery, the checkpoint's cost, the loader's start (bench_faults.py)."""
+    s = report["summary"]
+    rows = [[str(r["trial"]), str(r["rank"]), f"{r['kill_after_s']:.1f}", "yes" if r["killed"] else "no",
+             "yes" if r["finished"] else "no",
+             "-" if r["max_abs_difference"] is None else f"{r['max_abs_difference']:.1e}", "yes" if r["hung"] else "no",
+             str(r["restarts"]), f"{r['work_lost_s']:.2f}" if r["killed"] else "-", f"{r['seconds']:.1f}"]
+            for r in report["trials"]]
+    trials = table(["trial", "rank killed", "kill after (s)", "killed", "finished", "max abs difference",
+                    "hung", "torchrun restarts", "work lost (s)", "wall (s)"], rows)
+    summary = (f"{s['trials']} trials, {s['killed']} killed: {s['finished']} finished, {s['equal_weights']} with the "
+               f"uninterrupted weights, {s['hung']} hung; work lost {s['work_lost_s_mean']} s mean, "
+               f"{s['work_lost_s_max']} s max (latest_epoch.bin every {60 * report['trial_ckpt_every_minutes']:.0f} s); "
+               f"the uninterrupted run took {report['uninterrupted_seconds']} s.")
+    c = report["checkpoint_save"]
+    save = (f"One save of latest_epoch.bin at the published size ({c['parameters']:,} parameters, "
+            f"{c['file_bytes'] / 2**20:.1f} MiB): {c['seconds_median']:.3f} s (median of {len(c['seconds_all'])}), "
+            f"{100 * c['share_of_training_at_default']:.3f}% of training time at one save every "
+            f"{c['default_ckpt_every_minutes']:g} minutes.")
+    loader = table(["workers started by", "first batch (s)", "whole pass (s)", "a process's first loader, first batch (s)"],
+                   [[method, f"{r['first_batch_s_median']:.3f}", f"{r['pass_s_median']:.3f}",
+                     f"{r['first_pass_first_batch_s']:.3f}"] for method, r in report["loader_start"].items()])
+    return f"{trials}\n\n{summary}\n\n{save}\n\n{loader}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -223,6 +248,10 @@ def main():
         if name.startswith("video"):
             print(f"## Video ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"
                   f"{video_table(report)}\n")
+    for name, report in files.items():
+        if name.startswith("faults"):
+            print(f"## Faults ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"
+                  f"{faults_tables(report)}\n")
     for name, report in files.items():
         if name.startswith("pretrain"):
             print(f"## Pretraining ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"

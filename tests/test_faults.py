@@ -230,3 +230,57 @@ def test_ranks_and_their_loader_workers_die_with_a_killed_launcher(tiny):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+SRUN_STUB = """#!/bin/bash
+# srun on one node: drop srun's own options, run the command
+while [[ "$1" == --* ]]; do shift; done
+exec "$@"
+"""
+# scontrol: the head node's name; a requeue is recorded and, as SLURM would, SIGTERM goes to the job's step
+SCONTROL_STUB = """#!/bin/bash
+if [[ "$1" == show ]]; then echo localhost; exit 0; fi
+echo "$@" >> "$REQUEUE_LOG"
+pkill -TERM -P "$PPID"
+"""
+
+
+def test_the_sbatch_script_requeues_near_its_time_limit_and_the_requeued_job_continues(tiny, tmp_path):
+    """scripts/slurm_train.sbatch under stand-ins for srun and scontrol on one node: USR1 (what SLURM sends
+    5 minutes before the time limit) makes it requeue the job; the SIGTERM that follows saves
+    latest_epoch.bin at a batch and the script exits non-zero; the requeued job, the same script, continues."""
+    folder, overrides, _ = tiny
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, text in (("srun", SRUN_STUB), ("scontrol", SCONTROL_STUB)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    out = tmp_path / "slurm_run"
+    env = dict(os.environ, PATH=f"{stubs}:{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
+               SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="1", SLURM_GPUS_ON_NODE="2",
+               OUT=str(out), REQUEUE_LOG=str(tmp_path / "requeued.txt"))
+    command = ["bash", "scripts/slurm_train.sbatch", *overrides, "--set", "epochs=1000"]
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert time.monotonic() < deadline and job.poll() is None, job.stdout.read()[-3000:]
+            time.sleep(0.2)
+        job.send_signal(signal.SIGUSR1)
+        output, _ = job.communicate(timeout=90)
+    finally:
+        job.kill()
+    assert job.returncode != 0, output[-3000:]
+    assert "time limit near, requeueing job 4242" in output
+    assert (tmp_path / "requeued.txt").read_text().split() == ["requeue", "4242"]
+    log = (out / "run_action.log").read_text()
+    assert "stopped by signal 15" in log and "continue with -r auto (exit status 143)" in log
+    stopped = final_state(out)["progress"]
+    assert stopped["epoch"] < 1000
+
+    requeued = subprocess.run(["bash", "scripts/slurm_train.sbatch", *overrides, "--set", f"epochs={stopped['epoch'] + 1}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert requeued.returncode == 0, requeued.stdout[-3000:] + requeued.stderr[-3000:]
+    assert f"resumed from {out / 'latest_epoch.bin'}: epoch {stopped['epoch'] + 1}, batch {stopped['next_batch']}," in \
+        (out / "run_action.log").read_text()
+    assert final_state(out)["progress"]["epoch"] == stopped["epoch"] + 1

@@ -17,7 +17,8 @@ from lib.data.dataset import ActionDataset
 from lib.data.labels import class_names
 from lib.engine.build import load_trained
 from lib.engine.compiled import CompiledOrEager, inference_forward, pad_batch
-from lib.engine.runtime import autocast, data_loader, keep_freed_memory, loader_workers, micro_batch_size, pick_device, setup_logging
+from lib.engine.runtime import (autocast, data_loader, keep_freed_memory, loader_workers, micro_batch_size, pick_device,
+                                setup_logging)
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -113,7 +113,8 @@ def data_loader(dataset, device: torch.device, num_workers: int, **kwargs) -> to
     if num_workers > 0:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(LOADER_WORKER_MODULES)
-        kwargs.update(multiprocessing_context=context, worker_init_fn=functools.partial(prepare_loader_worker, os.getpid()))
+        owner_watch = functools.partial(prepare_loader_worker, os.getpid())
+        kwargs.update(multiprocessing_context=context, worker_init_fn=owner_watch)
     return torch.utils.data.DataLoader(dataset, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs)
 
 

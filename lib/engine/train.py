@@ -128,9 +128,9 @@ def restart_note() -> str:
 
 
 # Settings that may change when a run is continued with -r auto: they do not change what a step computes.
-RESUMABLE_CHANGES = {"train.epochs", "train.ckpt_save_frequency", "train.ckpt_every_minutes", "train.dist_timeout_minutes",
-                     "train.log", "train.device", "train.amp", "train.compile", "train.micro_batch",
-                     "train.quickdebug", "data.num_workers", "data.data_root"}
+RESUMABLE_CHANGES = {"train.epochs", "train.ckpt_save_frequency", "train.ckpt_every_minutes",
+                     "train.dist_timeout_minutes", "train.log", "train.device", "train.amp", "train.compile",
+                     "train.micro_batch", "train.quickdebug", "data.num_workers", "data.data_root"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -190,7 +190,8 @@ class Checkpoints:
     atomically (lib.engine.checkpoint.save_checkpoint); rank 0 writes."""
 
     def __init__(self, out: Path, model, optimizer, scheduler, cfg: Config, ctx: Distributed):
-        self.out, self.model, self.optimizer, self.scheduler, self.cfg, self.ctx = out, model, optimizer, scheduler, cfg, ctx
+        self.out, self.cfg, self.ctx = out, cfg, ctx
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.latest = out / "latest_epoch.bin"
         self.saved_at = time.monotonic()
 
@@ -220,17 +221,18 @@ class Checkpoints:
 
 class RunLogger:
     """The run's records on rank 0: one line per epoch on the console and in the log file, TensorBoard
-    curves, metrics.jsonl. A run resumed after `epochs_done` epochs keeps the records of those epochs and
-    drops later ones (written before a crash that came ahead of the epoch's checkpoint), in metrics.jsonl
-    and in TensorBoard. Other processes log nothing."""
+    curves, metrics.jsonl. A run resumed after `epochs_done` epochs (None: a fresh run) keeps the records of
+    those epochs and drops later ones (written before a crash that came ahead of the epoch's checkpoint), in
+    metrics.jsonl and in TensorBoard. Other processes log nothing."""
 
-    def __init__(self, out: Path, epochs_done: int, enabled: bool, best_metric: str):
+    def __init__(self, out: Path, epochs_done: int | None, enabled: bool, best_metric: str):
         self.enabled, self.best_metric = enabled, best_metric
         if enabled:
             path = out / "metrics.jsonl"
-            kept = [line for line in (path.read_text().splitlines() if path.exists() and epochs_done else [])
+            resumed = epochs_done is not None and path.exists()
+            kept = [line for line in (path.read_text().splitlines() if resumed else [])
                     if json.loads(line)["epoch"] <= epochs_done]
-            self.writer = SummaryWriter(out / "tensorboard", purge_step=epochs_done + 1 if epochs_done else None)
+            self.writer = SummaryWriter(out / "tensorboard", purge_step=None if epochs_done is None else epochs_done + 1)
             self.metrics = open(path, "w")
             self.metrics.writelines(line + "\n" for line in kept)
 
@@ -335,7 +337,7 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
              f"{params:,} trainable "
              f"parameters, device {ctx.device}{f' x {ctx.world_size} processes' if ctx.enabled else ''}"
              f"{', bf16 autocast' if amp else ''}{', compiled' if compiling else ''}, output {out}")
-    logger = RunLogger(out, epochs_done=progress.epoch if resume else 0, enabled=ctx.is_main,
+    logger = RunLogger(out, epochs_done=progress.epoch if resume else None, enabled=ctx.is_main,
                        best_metric=task.best_metric)
     checkpoints = Checkpoints(out, model, optimizer, scheduler, cfg, ctx)
     status = 0
@@ -347,7 +349,8 @@ def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
                 checkpoints.save_latest(progress)
                 status = stop.exit_status()
                 log.info(f"stopped by signal {status - 128} in epoch {progress.epoch + 1} after batch "
-                         f"{progress.next_batch}; saved {checkpoints.latest}; continue with -r auto (exit status {status})")
+                         f"{progress.next_batch}; saved {checkpoints.latest}; continue with -r auto "
+                         f"(exit status {status})")
                 break
 
             ctx.phase = f"validation, epoch {progress.epoch + 1}"
