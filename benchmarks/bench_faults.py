@@ -1,6 +1,6 @@
 """Fault benchmark: what a crash costs a training run, and what protects it. Prints tables and writes JSON.
 
-    python benchmarks/bench_faults.py [--trials 20] [--epochs 12] [--seed 0] [--quick] [--work DIR] [--out PATH]
+    python benchmarks/bench_faults.py [--trials 20] [--epochs 80] [--seed 0] [--quick] [--work DIR] [--out PATH]
 
 1. Trials: a 2-process torchrun run (gloo on the CPU, a tiny model on a synthetic pickle) with
    --max-restarts and -r auto, in which one rank, drawn at random, is SIGKILLed at a random moment of the
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the moments and ranks drawn for the kills")
     p.add_argument("--hang-limit", type=float, default=300, help="seconds after which a trial counts as hung")
     p.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
-    p.add_argument("--epochs", type=int, default=12, help="epochs of each run")
+    p.add_argument("--epochs", type=int, default=80, help="epochs of each run (80: about 25 s uninterrupted here)")
     p.add_argument("--quick", action="store_true", help="2 trials of 4 epochs, 3 loader passes (the test suite's run)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)

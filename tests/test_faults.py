@@ -15,11 +15,9 @@ import pytest
 import torch
 
 from benchmarks.bench_faults import alive, descendants
-from lib.data import synthetic
+from test_distributed import SEED_ARGS, tiny  # noqa: F401 (tiny: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_ARGS = ["--config", "configs/action/train_NTU60_xsub_small.yaml", "--hyper_cfg",
-             "hyper_config/method2/manual_joint_label1.yaml", "--hyper_relation_bias", "uniform", "--version", "2"]
 EPOCHS = 3
 BATCHES_PER_EPOCH = 5  # per process: 40 training clips, 4 clips a batch, 2 processes
 TIMEOUT = 300
@@ -73,15 +71,12 @@ if __name__ == "__main__":
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faults")
-    synthetic.write_pickle(synthetic.generate("demo", seed=0, num_samples=90), folder / "tiny.pkl")
-    overrides = [f"data_root={folder}", "dataset=tiny", "dim_rep=16", "depth=1", "num_heads=2", "clip_len=8",
-                 "maxlen=8", "hidden_dim=32", "num_workers=0", "device=cpu", "batch_size=4", "lr_head=0.003",
-                 "lr_backbone=0.003", f"epochs={EPOCHS}"]
+def faults(tiny):
+    """test_distributed's tiny run (its pickle and overrides) for EPOCHS epochs, and the fault launcher."""
+    folder, overrides = tiny
     launcher = folder / "train_with_fault.py"
     launcher.write_text(FAULT_LAUNCHER.format(root=str(ROOT)))
-    return folder, [arg for o in overrides for arg in ("--set", o)], launcher
+    return folder, overrides + ["--set", f"epochs={EPOCHS}"], launcher
 
 
 def torchrun(script, *args, torchrun_args=(), env=None, timeout=TIMEOUT):
@@ -96,9 +91,9 @@ def assert_ok(result):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny):
+def uninterrupted(faults):
     """The reference: the whole run in one go, with -r auto in an empty folder."""
-    folder, overrides, _ = tiny
+    folder, overrides, _ = faults
     out = folder / "uninterrupted"
     result = torchrun("train_action.py", "--checkpoint", out, *overrides, "-r", "auto")
     assert_ok(result)
@@ -130,10 +125,10 @@ def test_auto_resume_in_an_empty_folder_starts_fresh(uninterrupted):
     assert epochs_logged(out) == [1, 2, 3]
 
 
-def test_a_sigkilled_worker_is_restarted_by_torchrun_and_the_run_ends_as_an_uninterrupted_one(tiny, uninterrupted):
+def test_a_sigkilled_worker_is_restarted_by_torchrun_and_the_run_ends_as_an_uninterrupted_one(faults, uninterrupted):
     """Rank 1 is SIGKILLed while it reads its third batch of epoch 2; latest_epoch.bin is written after every
     batch (a tiny ckpt_every_minutes), so the group torchrun restarts continues from epoch 2, batch 2."""
-    folder, overrides, launcher = tiny
+    folder, overrides, launcher = faults
     out = folder / "killed"
     result = torchrun(launcher, "--checkpoint", out, *overrides, "--set", "ckpt_every_minutes=0.00001", "-r", "auto",
                       torchrun_args=["--max-restarts=2"], env={"FAULT": "kill", "FAULT_RANK": "1", "FAULT_AT": "9"})
@@ -146,8 +141,8 @@ def test_a_sigkilled_worker_is_restarted_by_torchrun_and_the_run_ends_as_an_unin
     assert_same_weights(out, uninterrupted[0])
 
 
-def test_sigterm_in_mid_epoch_then_the_same_command_with_auto_resume_ends_as_an_uninterrupted_run(tiny, uninterrupted):
-    folder, overrides, launcher = tiny
+def test_sigterm_in_mid_epoch_then_the_same_command_with_auto_resume_ends_as_an_uninterrupted_run(faults, uninterrupted):
+    folder, overrides, launcher = faults
     out = folder / "preempted"
     args = ("--checkpoint", out, *overrides, "-r", "auto")
     stopped = torchrun(launcher, *args, env={"FAULT": "term", "FAULT_RANK": "0", "FAULT_AT": "4"})
@@ -165,8 +160,8 @@ def test_sigterm_in_mid_epoch_then_the_same_command_with_auto_resume_ends_as_an_
     assert_same_weights(out, uninterrupted[0])
 
 
-def test_auto_resume_refuses_the_checkpoint_of_another_configuration_in_one_line(tiny, uninterrupted):
-    folder, overrides, _ = tiny
+def test_auto_resume_refuses_the_checkpoint_of_another_configuration_in_one_line(faults, uninterrupted):
+    folder, overrides, _ = faults
     out = folder / "another"
     shutil.copytree(uninterrupted[0], out)
     before = (out / "latest_epoch.bin").stat().st_mtime_ns
@@ -186,11 +181,11 @@ def test_auto_resume_refuses_the_checkpoint_of_another_configuration_in_one_line
     assert epochs_logged(out) == [1, 2, 3, 4]
 
 
-def test_a_rank_stuck_in_validation_ends_the_run_with_an_error_naming_the_operation(tiny):
+def test_a_rank_stuck_in_validation_ends_the_run_with_an_error_naming_the_operation(faults):
     """Rank 1 hangs in epoch 1's validation; rank 0 waits in the gathering of the predictions for
     dist_timeout_minutes (6 s), then exits with one line; torchrun stops rank 1 (SIGKILL after its 30 s grace,
     since a hung process ignores SIGTERM) and the run ends with an error instead of hanging."""
-    folder, overrides, launcher = tiny
+    folder, overrides, launcher = faults
     out = folder / "hung"
     start = time.monotonic()
     result = torchrun(launcher, "--checkpoint", out, *overrides, "--set", "dist_timeout_minutes=0.1",
@@ -202,10 +197,10 @@ def test_a_rank_stuck_in_validation_ends_the_run_with_an_error_naming_the_operat
     assert elapsed < 6 + 30 + 40, elapsed
 
 
-def test_ranks_and_their_loader_workers_die_with_a_killed_launcher(tiny):
+def test_ranks_and_their_loader_workers_die_with_a_killed_launcher(faults):
     """torchrun SIGKILLed while rank 1 hangs in its first training step and rank 0 waits for it, each with
     2 loader workers (started by its forkserver): every process below torchrun ends within seconds."""
-    folder, overrides, launcher = tiny
+    folder, overrides, launcher = faults
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
                *SEED_ARGS, "--checkpoint", str(folder / "orphans"), *overrides, "--set", "num_workers=2",
                "--set", "epochs=100"]
@@ -245,11 +240,11 @@ pkill -TERM -P "$PPID"
 """
 
 
-def test_the_sbatch_script_requeues_near_its_time_limit_and_the_requeued_job_continues(tiny, tmp_path):
+def test_the_sbatch_script_requeues_near_its_time_limit_and_the_requeued_job_continues(faults, tmp_path):
     """scripts/slurm_train.sbatch under stand-ins for srun and scontrol on one node: USR1 (what SLURM sends
     5 minutes before the time limit) makes it requeue the job; the SIGTERM that follows saves
     latest_epoch.bin at a batch and the script exits non-zero; the requeued job, the same script, continues."""
-    folder, overrides, _ = tiny
+    folder, overrides, _ = faults
     stubs = tmp_path / "bin"
     stubs.mkdir()
     for name, text in (("srun", SRUN_STUB), ("scontrol", SCONTROL_STUB)):
