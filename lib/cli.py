@@ -66,10 +66,10 @@ def run_main(main, argv=None) -> int:
     try:
         return main(argv) or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except PeerFailure as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(e)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -79,6 +79,13 @@ def run_main(main, argv=None) -> int:
             raise
         traceback.print_exc()
         return 1
+
+
+def print_error(e: Exception):
+    """One line on stderr, in one write: torchrun's processes share an unbuffered stderr, and a line written in
+    pieces (as print does) could interleave with another process's."""
+    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.flush()
 
 
 def under_torchrun() -> bool:
