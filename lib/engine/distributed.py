@@ -7,6 +7,7 @@ then, or when a peer is gone, the helpers here raise PeerFailure, one line namin
 and what the run was doing (`phase`), and the entry script exits at once (lib/cli.py) so that torchrun sees
 the failure. Each process is killed by the kernel when its launcher dies (lib.engine.runtime.die_with_parent).
 """
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -89,9 +90,25 @@ class Distributed:
         try:
             return operation(*args, **kwargs)
         except RuntimeError as e:  # gloo and NCCL report both as RuntimeError (DistBackendError is one)
-            reason = " ".join(str(e).split())[:300]
-            raise PeerFailure(f"rank {self.rank} of {self.world_size}: {name} during {self.phase} failed: another "
-                              f"process died, or hung past train.dist_timeout_minutes ({reason})") from None
+            raise self.peer_failure(name, e) from None
+
+    @contextlib.contextmanager
+    def training_step(self):
+        """Around the forward and backward pass of a DistributedDataParallel model, which communicate like
+        any collective operation (the buffers broadcast before the forward pass, the gradients all_reduced
+        in the backward pass): an error of the process group's transport becomes PeerFailure; any other
+        error stays as it is."""
+        try:
+            yield
+        except RuntimeError as e:
+            if self.enabled and (isinstance(e, dist.DistError) or any(mark in str(e) for mark in ("/gloo/", "NCCL"))):
+                raise self.peer_failure("DistributedDataParallel's buffer broadcast or gradient all_reduce", e) from None
+            raise
+
+    def peer_failure(self, name: str, error: Exception) -> PeerFailure:
+        reason = " ".join(str(error).split())[:300]
+        return PeerFailure(f"rank {self.rank} of {self.world_size}: {name} during {self.phase} failed: another "
+                           f"process died, or hung past train.dist_timeout_minutes ({reason})")
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.enabled:

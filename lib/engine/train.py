@@ -284,10 +284,11 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=start, total=len(batches),
                dynamic_ncols=True, disable=not ctx.is_main)
     for batch_index, batch in enumerate(bar, start=start):
-        with autocast(ctx.device, amp):
-            loss, sums = task.training_step(forward, batch, ctx.device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with ctx.training_step():
+            with autocast(ctx.device, amp):
+                loss, sums = task.training_step(forward, batch, ctx.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         progress.sums = add_sums(progress.sums, sums)
         progress.next_batch = batch_index + 1
