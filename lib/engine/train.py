@@ -300,7 +300,8 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
             return False
         if saving:
             checkpoints.save_latest(progress)
-            log.debug(f"saved {checkpoints.latest} at epoch {epoch + 1}, batch {progress.next_batch}")
+            log.info(f"saved {checkpoints.latest} at epoch {epoch + 1}, batch {progress.next_batch} "
+                     f"(every {cfg.train.ckpt_every_minutes:g} min)")
     bar.close()
     return True
 
