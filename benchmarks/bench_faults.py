@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seeds the moments and ranks drawn for the kills")
     p.add_argument("--hang-limit", type=float, default=300, help="seconds after which a trial counts as hung")
     p.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
-    p.add_argument("--epochs", type=int, default=80, help="epochs of each run (80: 17 s uninterrupted here)")
+    p.add_argument("--epochs", type=int, default=80, help="epochs of each run (80: about 20 s uninterrupted here)")
     p.add_argument("--quick", action="store_true", help="2 trials of 4 epochs, 3 loader passes (the test suite's run)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
