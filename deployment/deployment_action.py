@@ -7,6 +7,7 @@ With --quantize int8 (dynamic int8 Linear layers, faster on the CPU) the differe
 the check is then the top-1 agreement with PyTorch on up to --check-clips validation clips, which must
 reach --min-agreement.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -73,12 +74,25 @@ def main(argv=None):
         raise UserError("--evaluate CKPT and --deployment OUT.onnx are both required")
     setup_logging()
     cfg = config_from_args(args)
+    target = Path(args.deployment)
+    staging = target.with_name(f".{target.name}.unchecked")  # renamed to the target once it passed the checks
+    try:
+        export_and_check(args, cfg, staging)
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    print(f"wrote {target}")
+
+
+def export_and_check(args, cfg, path: Path):
+    """Export to `path` and check the ONNX model against PyTorch; a model that fails the check is a
+    UserError (and the caller removes `path`: a refused export leaves no file behind)."""
     trained = load_trained(cfg, args.evaluate, single_clip=True)  # the exported model sees one clip at a time
     val = trained.val_set
-    exported = export_onnx(trained.model, cfg, trained.class_names, args.deployment, args.layout, args.quantize)
-    onnx_model = OnnxActionModel(args.deployment)
+    exported = export_onnx(trained.model, cfg, trained.class_names, path, args.layout, args.quantize)
+    onnx_model = OnnxActionModel(path)
     inputs = onnx_model.session.get_inputs()[0]
-    print(f"exported {args.deployment} (opset {OPSET}{', int8 Linear layers' if args.quantize == 'int8' else ''}): "
+    print(f"exported (opset {OPSET}{', int8 Linear layers' if args.quantize == 'int8' else ''}): "
           f"input {inputs.name} {inputs.shape}, output {onnx_model.session.get_outputs()[0].name} "
           f"{onnx_model.session.get_outputs()[0].shape}")
 
@@ -97,10 +111,10 @@ def main(argv=None):
         print(f"int8: {rule} on {same} of {len(clips)} validation clips ({100 * same / len(clips):.1f}%)")
         if same < args.min_agreement * len(clips):
             raise UserError(f"the int8 model agrees with PyTorch on {same}/{len(clips)} validation clips, fewer "
-                            f"than --min-agreement {args.min_agreement}; export without --quantize")
+                            f"than --min-agreement {args.min_agreement}; nothing written: export without --quantize")
         return
     if worst > args.tolerance:
-        raise UserError(f"the ONNX model differs from PyTorch by {worst:.2e} > {args.tolerance:.0e}")
+        raise UserError(f"the ONNX model differs from PyTorch by {worst:.2e} > {args.tolerance:.0e}; nothing written")
     print(f"parity ok: largest difference {worst:.2e} <= {args.tolerance:.0e}")
 
 

@@ -160,8 +160,20 @@ def test_int8_export_quantizes_the_linear_layers_and_checks_agreement(setup):
     refused = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment",
                   setup["tmp"] / "refused.onnx", *setup["overrides"], "--quantize", "int8", "--min-agreement", "1.01",
                   check=False)
-    assert refused.returncode == 2 and "export without --quantize" in refused.stderr
+    assert refused.returncode == 2 and "nothing written: export without --quantize" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    assert not list(setup["tmp"].glob("*refused*"))  # no refused model, no half-checked file
+    assert out.exists()  # an earlier accepted export stays
+
+
+def test_an_export_over_the_tolerance_writes_nothing_and_keeps_the_previous_model(setup):
+    previous, _ = export(setup, "kept.onnx")
+    before = previous.read_bytes()
+    refused = run("deployment/deployment_action.py", *SEED_FLAGS, "--evaluate", setup["ckpt"], "--deployment",
+                  previous, *setup["overrides"], "--tolerance", "-1", check=False)  # any difference is too large
+    assert refused.returncode == 2 and refused.stderr.strip().endswith("> -1e+00; nothing written"), refused.stderr
+    assert previous.read_bytes() == before
+    assert sorted(p.name for p in setup["tmp"].glob("*kept*")) == ["kept.onnx"]
 
 
 def test_ntvc_layout_is_single_person(setup):
