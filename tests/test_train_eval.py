@@ -577,6 +577,8 @@ def test_sigterm_mid_epoch_saves_and_resume_ends_bit_identical(reference, tmp_pa
     assert progress["sums"]["count"] == 2 * progress["next_batch"]
     assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {float(progress["next_batch"])}
     assert "stopped by signal 15" in (out / "run_action.log").read_text()
+    last_bar = interrupted.stderr.split("\r")[-1]  # the progress bar's last state counts the same batches
+    assert f"| {SIGTERM_BATCH}/{batches_per_epoch} [" in last_bar, last_bar
     if (out / "metrics.jsonl").exists():
         assert read_metrics(out) == [], "no epoch was completed"
 

@@ -296,6 +296,7 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
                         lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         stopping, saving = ctx.any(stop.signum is not None, checkpoints.due())
         if stopping:
+            bar.update(progress.next_batch - bar.n)  # count the batch just done, as the stop message does
             bar.close()
             return False
         if saving:
