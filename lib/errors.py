@@ -1,5 +1,7 @@
 """The exceptions that entry scripts print as one line: mistakes a user can fix (bad config, missing file,
 bad data), and a distributed run whose peer died or hung."""
+import zipfile
+import zlib
 
 
 class UserError(Exception):
@@ -8,6 +10,10 @@ class UserError(Exception):
     Entry scripts print it without a traceback and exit non-zero; anything else is a bug
     and keeps its traceback.
     """
+
+
+# What numpy raises when it reads a damaged file (empty, truncated) or one that is no array file at all.
+DAMAGED_FILE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class PeerFailure(Exception):

@@ -235,6 +235,13 @@ def error_case(case: str, folder: Folder):
         empty = Keypoints(np.zeros((1, 0, 17, 2)), np.zeros((1, 0, 17)), (1080, 1920))
         write_npz(folder.keypoints / "clip02.npz", empty, "clip02")
         return header, rows, extra, r"clip02\.npz: no frames or no persons"
+    if case == "empty npz":  # what a pose extraction that crashed at once leaves behind
+        (folder.keypoints / "clip02.npz").write_bytes(b"")
+        return header, rows, extra, r"cannot read .*clip02\.npz: the file is empty"
+    if case == "truncated npz":
+        path = folder.keypoints / "clip02.npz"
+        path.write_bytes(path.read_bytes()[:200])
+        return header, rows, extra, r"cannot read .*clip02\.npz: it is damaged, probably truncated"
     if case == "no person":
         (folder.keypoints / "clip00.json").write_text(json.dumps([[], [], []]))
         return header, rows, extra, r"clip00\.json: no person detected .*labels\.csv:2"
@@ -261,7 +268,7 @@ def error_case(case: str, folder: Folder):
 
 
 ERROR_CASES = ["no csv", "missing column", "split and subject", "unknown file", "listed twice", "empty label",
-               "extra field", "ids and names", "no frames", "no person", "class with one sample", "bad split value",
+               "extra field", "ids and names", "no frames", "empty npz", "truncated npz", "no person", "class with one sample", "bad split value",
                "empty val split", "one subject", "out not pkl", "val fraction 0", "val fraction 1.5"]
 
 

@@ -254,6 +254,10 @@ def test_windows_cover_long_sequences(setup):
     ("unknown sample", "is not in"),
     ("bad npy shape", "expected [M, T, 17, 3]"),
     ("npz without scores", "lacks keypoint_score"),
+    ("empty npz", "the file is empty"),
+    ("truncated npz", "it is damaged, probably truncated"),
+    ("not an array file", "it is no .npz or .npy file"),
+    ("object array", "it holds Python objects, which are never loaded"),
     ("bad json", "not valid JSON"),
     ("json person without keypoints", "needs 'keypoints'"),
     ("json wrong keypoint count", "must be 51 numbers"),
@@ -272,6 +276,11 @@ def test_malformed_inputs_give_one_line_errors(setup, case, fragment, capsys, mo
     np.save(tmp / "bad.npy", np.zeros((5, 17, 2)))
     np.savez(tmp / "noscore.npz", keypoint=np.zeros((1, 5, 17, 2)))
     (tmp / "bad.json").write_text("[{")
+    (tmp / "empty.npz").write_bytes(b"")
+    np.savez(tmp / "whole.npz", keypoint=np.zeros((1, 5, 17, 2)), keypoint_score=np.ones((1, 5, 17)))
+    (tmp / "truncated.npz").write_bytes((tmp / "whole.npz").read_bytes()[:-40])
+    (tmp / "text.npy").write_text("x, y, score\n")
+    np.save(tmp / "objects.npy", np.array([{"keypoint": 0}], dtype=object), allow_pickle=True)
     (tmp / "noperson.json").write_text(json.dumps([[{"box": [0, 0, 1, 1]}]]))
     (tmp / "short.json").write_text(json.dumps([[{"keypoints": [1, 2, 3]}]]))
     args = {
@@ -279,6 +288,10 @@ def test_malformed_inputs_give_one_line_errors(setup, case, fragment, capsys, mo
         "unknown sample": ["--onnx", onnx_path, "--pickle", tmp / "tiny.pkl", "--sample", "S999C001P001R001A001"],
         "bad npy shape": ["--onnx", onnx_path, "--keypoints", tmp / "bad.npy"],
         "npz without scores": ["--onnx", onnx_path, "--keypoints", tmp / "noscore.npz"],
+        "empty npz": ["--onnx", onnx_path, "--keypoints", tmp / "empty.npz"],
+        "truncated npz": ["--onnx", onnx_path, "--keypoints", tmp / "truncated.npz"],
+        "not an array file": ["--onnx", onnx_path, "--keypoints", tmp / "text.npy"],
+        "object array": ["--onnx", onnx_path, "--keypoints", tmp / "objects.npy"],
         "bad json": ["--onnx", onnx_path, "--json", tmp / "bad.json"],
         "json person without keypoints": ["--onnx", onnx_path, "--json", tmp / "noperson.json"],
         "json wrong keypoint count": ["--onnx", onnx_path, "--json", tmp / "short.json"],
@@ -288,6 +301,7 @@ def test_malformed_inputs_give_one_line_errors(setup, case, fragment, capsys, mo
     assert infer_action.run_main(infer_action.main, [str(a) for a in args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert "allow_pickle" not in lines[0]  # numpy's advice for a file it does not know is never right here
     if case == "missing onnx":
         result = run("deployment/infer_action.py", *args, check=False)
         assert result.returncode == 2 and result.stderr.strip() == lines[0]

@@ -219,6 +219,12 @@ def test_gallery_errors_are_one_line(built, trained, tmp_path, capsys):
                               capsys)
     assert status == 2 and "is not a folder" in err
 
+    # a keypoint file left empty by a crashed pose extraction
+    (examples / "wave" / "crashed.npz").write_bytes(b"")
+    status, err = run_gallery(["--checkpoint", ckpt, "--examples", examples, "--out", tmp_path / "g3.npz"], capsys)
+    assert status == 2 and "crashed.npz: the file is empty" in err and err.count("\n") == 1, err
+    (examples / "wave" / "crashed.npz").unlink()
+
     # a video in which nobody was detected
     blank = dict(val_annotations(trained, OTHER_LABEL)[0])
     blank["keypoint_score"] = np.zeros_like(blank["keypoint_score"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import UserError
+from lib.errors import DAMAGED_FILE_ERRORS, UserError
 
 DEFAULT_IMG_SHAPE = (1080, 1920)  # (height, width) of the NTU videos
 
@@ -64,19 +64,39 @@ def read_array_file(path, img_hw) -> Keypoints:
     if not path.is_file():
         raise UserError(f"keypoint file not found: {path}")
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
-    if path.suffix == ".npz":
-        missing = {"keypoint", "keypoint_score"} - set(data.files)
+        loaded = np.load(path, allow_pickle=False)
+        data = {name: loaded[name] for name in loaded.files} if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+    except DAMAGED_FILE_ERRORS as e:
+        raise UserError(f"cannot read {path}: {why_unreadable(path, e)}") from None
+    if isinstance(data, dict):
+        missing = {"keypoint", "keypoint_score"} - set(data)
         if missing:
             raise UserError(f"{path} lacks {', '.join(sorted(missing))}: expected arrays keypoint [M, T, 17, 2] "
                             "and keypoint_score [M, T, 17]")
-        img = tuple(data["img_shape"]) if "img_shape" in data.files else img_hw
+        img = tuple(data["img_shape"]) if "img_shape" in data else img_hw
         return _checked(data["keypoint"], data["keypoint_score"], img, str(path))
     if data.ndim not in (3, 4) or data.shape[-1] != 3:
         raise UserError(f"{path}: expected [M, T, 17, 3] or [T, 17, 3] (x, y, score), got {data.shape}")
     return _checked(data[..., :2], data[..., 2], img_hw, str(path))
+
+
+NUMPY_MAGIC = {b"\x93NUMPY": ".npy", b"PK\x03\x04": ".npz"}  # how a .npy file and a zip (.npz) begin
+
+
+def why_unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with an array file that numpy could not read, in words a user can act on (numpy's own
+    message suggests allow_pickle for any file it does not recognise, which is never the answer here)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head:
+        return "the file is empty (a pose extraction that stopped early?); extract the keypoints again"
+    if not any(head.startswith(magic) for magic in NUMPY_MAGIC):
+        return "it is no .npz or .npy file (it does not begin like one); keypoint files are .npz, .npy or .json"
+    if "pickle" in str(error) or "Object arrays" in str(error):
+        return ("it holds Python objects, which are never loaded (unpickling can run code): save numeric arrays, "
+                "keypoint [M, T, 17, 2] and keypoint_score [M, T, 17], with np.savez")
+    return (f"it is damaged, probably truncated ({type(error).__name__}: {' '.join(str(error).split())[:120]}); "
+            "extract the keypoints again")
 
 
 def _person_keypoints(person, source: str) -> tuple[np.ndarray, np.ndarray]:

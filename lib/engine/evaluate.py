@@ -19,7 +19,7 @@ from lib.engine.build import load_trained
 from lib.engine.compiled import CompiledOrEager, inference_forward, pad_batch
 from lib.engine.runtime import (autocast, data_loader, keep_freed_memory, loader_workers, micro_batch_size, pick_device,
                                 setup_logging)
-from lib.errors import UserError
+from lib.errors import DAMAGED_FILE_ERRORS, UserError
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def read_scores(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in ("frame_dir", "label", "probabilities")}
-    except (OSError, ValueError, KeyError) as e:
+    except (*DAMAGED_FILE_ERRORS, KeyError) as e:
         raise UserError(f"{path} is not a scores file of evaluate_action.py --save-scores "
                         f"({' '.join(str(e).split())[:120]})") from None
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from lib.data.keypoint_files import DEFAULT_IMG_SHAPE, Keypoints, read_array_file, read_json_file
 from lib.data.preprocess import ClipSettings
-from lib.errors import UserError
+from lib.errors import DAMAGED_FILE_ERRORS, UserError
 from lib.fewshot.matching import leave_one_out_similarities, nearest, prototypes, suggest_threshold
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Gallery:
                            [str(s) for s in data["sources"]], float(data["threshold"]), data["probe"],
                            ClipSettings(**dict(settings, scale_range=tuple(settings["scale_range"]))),
                            str(data["model"]))
-        except (OSError, ValueError, KeyError) as e:
+        except (*DAMAGED_FILE_ERRORS, KeyError) as e:
             raise UserError(f"{path} is not a gallery of python -m lib.fewshot.gallery "
                             f"({' '.join(str(e).split())[:120]})") from None
 
