@@ -269,9 +269,15 @@ def _check_range(value, meta: dict, key: str, source: str):
         raise UserError(f"config key '{key}' must be {allowed}, got {value!r} ({source})")
 
 
+# Names that other toolkits use for settings that are split or named otherwise here.
+OTHER_TOOLKITS_NAMES = {"lr": ["lr_backbone", "lr_head"], "learning_rate": ["lr_backbone", "lr_head"],
+                        "max_epochs": ["epochs"], "num_epochs": ["epochs"], "workers": ["num_workers"]}
+
+
 def _unknown_key(key: str, source: str) -> UserError:
-    close = difflib.get_close_matches(key, ALL_KEYS, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see the README section 'Configuration' for valid keys"
+    close = OTHER_TOOLKITS_NAMES.get(key.rsplit(".", 1)[-1]) or difflib.get_close_matches(key, ALL_KEYS, n=1, cutoff=0.6)
+    hint = (f"; did you mean {' and '.join(repr(k) for k in close)}?" if close
+            else "; see the README section 'Configuration' for valid keys")
     return UserError(f"unknown config key '{key}' ({source}){hint}")
 
 

@@ -94,6 +94,8 @@ def test_set_values_are_yaml_and_keys_may_be_dotted(tmp_path):
 
 @pytest.mark.parametrize("assignment, fragment", [
     ("epoch=3", "did you mean 'epochs'"),
+    ("lr=0.001", "did you mean 'lr_backbone' and 'lr_head'?"),  # another toolkit's name for both
+    ("train.num_epochs=3", "did you mean 'epochs'?"),
     ("train.lr_bakbone=0.1", "did you mean 'train.lr_backbone'"),
     ("data.epochs=3", "unknown config key 'data.epochs'"),
     ("epochs=abc", "must be an integer"),

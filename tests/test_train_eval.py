@@ -708,6 +708,16 @@ def test_evaluate_a_missing_checkpoint(reference, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_evaluate_a_run_folder_names_its_checkpoints(reference, monkeypatch, capsys):
+    folder = reference["dir"]
+    code = run_in_process(evaluate_action.main,
+                          evaluate_argv("train_NTU60_xsub_small", folder, overrides=reference["overrides"]), monkeypatch)
+    checkpoints = sorted(p.name for p in folder.glob("*.bin"))
+    assert "best_epoch.bin" in checkpoints and "latest_epoch.bin" in checkpoints
+    assert_one_line_error(code, capsys.readouterr().err, f"{folder} is a folder; give a checkpoint file in it: "
+                          + ", ".join(checkpoints))
+
+
 def test_resume_from_a_weights_only_file(reference, tmp_path, monkeypatch, capsys):
     weights = tmp_path / "weights.bin"
     torch.save(load(reference["dir"] / "latest_epoch.bin")["model"], weights)

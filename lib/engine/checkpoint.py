@@ -29,6 +29,10 @@ def model_weights(checkpoint) -> dict:
 
 def load_checkpoint(path):
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.bin"))
+        raise UserError(f"{path} is a folder; give a checkpoint file in it"
+                        f"{': ' + ', '.join(inside) if inside else ' (it holds no .bin file)'}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
