@@ -43,9 +43,15 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
 class DataConfig:
     dataset: str = "ntu60_hrnet"  # pickle stem: {data_root}/{dataset}.pkl
     data_root: str = "data/action"
-    # Splits {data_split}_train / _val of the pickle; custom: the split lib/data/build_dataset.py wrote.
-    # oneshot: the NTU120 one-shot protocol's splits, derived from the pickle (lib/fewshot/protocol.py).
-    data_split: Literal["xsub", "xview", "xset", "custom", "oneshot"] = "xsub"
+    # The protocol (lib.data.dataset.protocol_splits): xsub, xview (NTU60), xset (NTU120): splits {data_split}_train
+    # and _val; split1, split2, split3 (UCF101, HMDB51): trainN and testN; official (FineGYM, Diving48,
+    # Kinetics-400): train and val or test; custom: the splits lib/data/build_dataset.py wrote; oneshot: the
+    # NTU120 one-shot protocol's splits, derived from the pickle (lib/fewshot/protocol.py).
+    data_split: str = "xsub"
+    # Kinetics-400 (lib/data/kinetics.py): the folder of the unzipped kpfiles (null: {data_root}/kpfiles), and
+    # PYSKL's box_thr: skeletons whose detection box scored lower are dropped (null: all are kept).
+    kpfiles: Optional[str] = None
+    box_thr: Optional[float] = field(default=None, metadata=_range(0, 1))
     action_classes: int = field(default=60, metadata=_range(2))
     clip_len: int = field(default=243, metadata=_range(1))
     random_move: bool = True
@@ -71,6 +77,10 @@ class DataConfig:
     @property
     def pickle_path(self) -> Path:
         return Path(self.data_root) / f"{self.dataset}.pkl"
+
+    @property
+    def kpfiles_folder(self) -> Path:
+        return Path(self.kpfiles) if self.kpfiles else Path(self.data_root) / "kpfiles"
 
 
 @dataclass
@@ -117,6 +127,8 @@ class TrainConfig:
     # Under torchrun: the longest a process waits for the others in a collective operation before the run
     # stops with an error naming the operation (a peer that died or hung); torch's own limit is 30 minutes.
     dist_timeout_minutes: float = field(default=10.0, metadata=_range(0, lo_open=True))
+    # The validation metric that picks best_epoch.bin: top1, or mean_class_accuracy (FineGYM's papers report it).
+    best_metric: Literal["top1", "mean_class_accuracy"] = "top1"
     quickdebug: bool = False
     finetune: bool = False
     backbone_ckpt: Optional[str] = None
@@ -359,6 +371,9 @@ def validate(cfg: Config) -> Config:
     """Checks that involve several keys. Raises UserError; returns cfg for chaining."""
     d, m, h = cfg.data, cfg.model, cfg.hyper
     is_ntu120 = "ntu120" in d.dataset.lower()
+    if not re.fullmatch(r"xsub|xview|xset|custom|oneshot|official|split\d+", d.data_split):
+        raise UserError(f"data_split must be xsub, xview, xset, split1, split2, split3, official, custom or oneshot, "
+                        f"got '{d.data_split}' (README, 'Datasets')")
     if is_ntu120 and d.data_split == "xview":
         raise UserError("NTU120 has no X-View split: use data_split: xset (the cross-setup protocol) "
                         "(--set data_split=xset)")

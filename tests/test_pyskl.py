@@ -3,6 +3,7 @@ ActionDataset in lib/data/dataset.py.
 
 The pickles are tiny and built here in exactly the PYSKL format, written with the standard pickle.dump.
 """
+import logging
 import os
 import pathlib
 import pickle
@@ -423,10 +424,17 @@ def test_non_finite_values(tmp_path, bad, field):
 
 
 @pytest.mark.parametrize("persons, frames", [(1, 0), (0, 12)])
-def test_zero_length_sample(tmp_path, persons, frames):
+def test_sample_without_anyone_is_kept_as_an_empty_clip(tmp_path, caplog, persons, frames):
+    # UCF101, HMDB51 and Kinetics hold videos in which the detector found nobody; PYSKL keeps them.
     path, name = broken(tmp_path, 2, keypoint=np.zeros((persons, frames, 17, 2), np.float32),
                         keypoint_score=np.zeros((persons, frames, 17), np.float32), total_frames=frames)
-    expect_user_error(path, name, "empty")
+    with caplog.at_level(logging.INFO, logger="lib.data.pyskl"):
+        store = load_in_this_process(path)
+    position = list(store.frame_dir).index(name)
+    assert store.raw_sample(position)[0].shape == (persons, frames, 17, 2)
+    assert f"1 of {len(store)} samples have no skeleton" in caplog.text and name in caplog.text
+    clip = make_clip(*store.raw_sample(position), store.img_hw[position], 16)
+    assert clip.shape == (2, 16, 17, 3) and not clip.any()
 
 
 def test_total_frames_disagreeing(tmp_path):

@@ -9,17 +9,17 @@ import numpy as np
 
 from lib.config import DataConfig
 from lib.data.preprocess import make_clip
-from lib.data.pyskl import SkeletonStore, load_store
+from lib.data.pyskl import PackSettings, SkeletonStore, load_store
 from lib.errors import UserError
 from lib.fewshot.protocol import with_oneshot_splits
 
 
 class ActionDataset:
     def __init__(self, store: SkeletonStore, cfg: DataConfig, train: bool, seed: int = 0, split: str = None):
-        """The samples of `split` (default: the config's {data_split}_train or _val), made into clips the
-        training way (`train`) or the validation way."""
+        """The samples of `split` (default: the training or the evaluation split of the config's data_split,
+        see `protocol_splits`), made into clips the training way (`train`) or the validation way."""
         self.store, self.cfg, self.train, self.seed = store, cfg, train, seed
-        self.split = split or f"{cfg.data_split}_{'train' if train else 'val'}"
+        self.split = split or protocol_splits(store, cfg.data_split)[0 if train else 1]
         self.indices = store.split_indices(self.split)  # positions in the store
         if len(self.indices) == 0:
             raise UserError(f"split '{self.split}' of {store.source} is empty")
@@ -28,8 +28,10 @@ class ActionDataset:
         labels = store.label[self.indices]
         if labels.max() >= cfg.action_classes:
             bad = self.indices[np.argmax(labels)]
-            raise UserError(f"sample {store.frame_dir[bad]} has label {store.label[bad]}, outside 0.."
-                            f"{cfg.action_classes - 1}: set action_classes to the dataset's class count")
+            names = f" of the class-name file {cfg.label_map}" if cfg.label_map else ""
+            raise UserError(f"{store.source}: sample {store.frame_dir[bad]} has label {store.label[bad]}, outside "
+                            f"the labels 0..{cfg.action_classes - 1}{names}: set action_classes (and label_map) "
+                            "to the dataset's classes")
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
@@ -80,9 +82,40 @@ def stratified_share(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return np.sort(np.concatenate(chosen))
 
 
+def protocol_splits(store: SkeletonStore, data_split: str) -> tuple[str, str]:
+    """(training split, evaluation split) of a protocol, by the names each PYSKL file gives its splits:
+    {p}_train and {p}_val (NTU xsub / xview / xset, custom, oneshot); splitN: trainN and testN (UCF101 and
+    HMDB51, N = 1, 2, 3); official: train and val (FineGYM, Kinetics-400) or train and test (Diving48)."""
+    names = set(store.splits)
+    if data_split.startswith("split") and data_split[5:].isdigit():
+        pair = (f"train{data_split[5:]}", f"test{data_split[5:]}")
+    elif data_split == "official":
+        pair = ("train", "val" if "val" in names else "test")
+    else:
+        pair = (f"{data_split}_train", f"{data_split}_val")
+    if not set(pair) <= names:
+        have = ", ".join(sorted(names)) or "none"
+        usable = ", ".join(p for p in file_protocols(names)) or "none"
+        raise UserError(f"data_split '{data_split}' needs the splits {pair[0]} and {pair[1]}, which "
+                        f"{store.source} does not have (it has {have}); its data_split values: {usable}")
+    return pair
+
+
+def file_protocols(names) -> list[str]:
+    """The data_split values a file with these split names offers (see protocol_splits)."""
+    names = set(names)
+    found = [name[:-6] for name in sorted(names) if name.endswith("_train") and f"{name[:-6]}_val" in names]
+    found += [f"split{name[5:]}" for name in sorted(names) if name.startswith("train") and name[5:].isdigit()
+              and f"test{name[5:]}" in names]
+    if "train" in names and names & {"val", "test"}:
+        found.append("official")
+    return found
+
+
 def open_store(cfg: DataConfig) -> SkeletonStore:
-    """The store of the configured pickle, with the NTU120 one-shot splits added for data_split oneshot."""
-    store = load_store(cfg.pickle_path)
+    """The store of the configured pickle (or Kinetics table of contents), with the NTU120 one-shot splits
+    added for data_split oneshot."""
+    store = load_store(cfg.pickle_path, settings=PackSettings(str(cfg.kpfiles_folder), cfg.box_thr))
     return with_oneshot_splits(store) if cfg.data_split == "oneshot" else store
 
 

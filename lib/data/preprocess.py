@@ -186,7 +186,10 @@ def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
               rng: np.random.Generator = None, random_move_on: bool = False, scale_range=(2.0, 2.0),
               legacy_conf_order: bool = False, stream: str = "joint") -> np.ndarray:
     """The whole pipeline (module docstring). rng None: the deterministic test pipeline.
-    keypoint [M, T, 17, 2] pixels, score [M, T, 17] -> float32 [2, clip_len, 17, 3]."""
+    keypoint [M, T, 17, 2] pixels, score [M, T, 17] -> float32 [2, clip_len, 17, 3]. A video in which
+    nobody was detected (M = 0 or T = 0) gives all zeros, as crop_scale does for too few confident joints."""
+    if keypoint.shape[0] == 0 or keypoint.shape[1] == 0:
+        return np.zeros((NUM_PERSONS, clip_len, 17, 3), dtype=np.float32)
     keypoint, score = select_persons(keypoint, score)
     keypoint, score = track_two_persons(keypoint, score)
     frames = resample_indices(keypoint.shape[1], clip_len, rng)

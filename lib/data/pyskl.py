@@ -35,7 +35,7 @@ from lib.errors import UserError
 log = logging.getLogger(__name__)
 
 NUM_COCO_JOINTS = 17
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 # The globals a pickle of builtin containers and numpy arrays needs, across numpy 1.x and 2.x.
 _ALLOWED_GLOBALS = {
@@ -147,16 +147,14 @@ def _check_image_shape(value, path, name, key: str):
         raise UserError(f"{path}: sample {name} has {key} {_show(value)}, {expected}")
 
 
-def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
+def _check_annotation(ann, path) -> tuple[np.ndarray, np.ndarray]:
     """Validate one annotation; return its (keypoint [M, T, 17, 2], keypoint_score [M, T, 17]).
 
     Every number of a sample must be real: keypoint and keypoint_score integer or floating-point arrays,
     img_shape and original_shape (optional) two positive integers or whole floats, total_frames (optional)
     a whole number, label a non-negative integer. bool, complex, string and object values are refused."""
-    if not isinstance(ann, dict):
-        raise UserError(f"{path}: annotation {index} is not a dict")
-    name = ann.get("frame_dir", f"annotation {index}")
-    for key in ("frame_dir", "label", "img_shape", "keypoint", "keypoint_score"):
+    name = ann["frame_dir"]
+    for key in ("label", "img_shape", "keypoint", "keypoint_score"):
         if key not in ann:
             raise UserError(f"{path}: sample {name} has no '{key}'; the file does not follow the PYSKL format")
     kp, score = ann["keypoint"], ann["keypoint_score"]
@@ -168,8 +166,6 @@ def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path}: sample {name} has keypoint_score of shape {shape}, expected {kp.shape[:3]}")
     _check_real_array(kp, path, name, "keypoint")
     _check_real_array(score, path, name, "keypoint_score")
-    if kp.shape[0] == 0 or kp.shape[1] == 0:
-        raise UserError(f"{path}: sample {name} is empty (keypoint shape {kp.shape}); remove it from the pickle")
     if "total_frames" in ann:
         total = _whole_number(ann["total_frames"])
         if total is None:
@@ -179,8 +175,18 @@ def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
         if total != kp.shape[1]:
             raise UserError(f"{path}: sample {name} has total_frames {total} "
                             f"but {kp.shape[1]} frames of keypoints")
-    if not (np.isfinite(kp).all() and np.isfinite(score).all()):
+    check_finite(path, name, kp, score)
+    check_label_and_shapes(ann, path, name)
+    return kp, score
+
+
+def check_finite(path, name, *arrays):
+    if not all(np.isfinite(array).all() for array in arrays):
         raise UserError(f"{path}: sample {name} has NaN or infinite keypoints; fix or remove it")
+
+
+def check_label_and_shapes(ann: dict, path, name):
+    """label a non-negative integer; img_shape and original_shape (optional) (height, width) in pixels."""
     label = ann["label"]
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
         raise UserError(f"{path}: sample {name} has label {_show(label)} ({type(label).__name__}), "
@@ -188,7 +194,6 @@ def _check_annotation(ann, index: int, path) -> tuple[np.ndarray, np.ndarray]:
     _check_image_shape(ann["img_shape"], path, name, "img_shape")
     if "original_shape" in ann:
         _check_image_shape(ann["original_shape"], path, name, "original_shape")
-    return kp, score
 
 
 @dataclass
@@ -261,32 +266,57 @@ def _write_npy_stream(path: Path, dtype, shape, parts):
         np.lib.format.write_array_header_1_0(
             f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
         for part in parts:
-            f.write(memoryview(np.ascontiguousarray(part, dtype=dtype)).cast("B"))
+            if part.size:  # an empty sample has no rows (and memoryview cannot cast an empty shape)
+                f.write(memoryview(np.ascontiguousarray(part, dtype=dtype)).cast("B"))
+
+
+def check_splits(data: dict, path) -> tuple[np.ndarray, dict, list[str]]:
+    """(frame_dir per annotation, {split name: [annotation position, ...]}, notes for the log) of a read
+    pickle: frame_dir values must be unique; split members without annotation are skipped with a note."""
+    annotations = data["annotations"]
+    if not annotations:
+        raise UserError(f"{path} holds no annotations")
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise UserError(f"{path}: annotation {i} is not a dict")
+        if "frame_dir" not in ann:
+            raise UserError(f"{path}: annotation {i} has no 'frame_dir'; the file does not follow the PYSKL format")
+    frame_dir = np.array([str(ann["frame_dir"]) for ann in annotations])
+    position = {name: i for i, name in enumerate(frame_dir)}
+    if len(position) != len(frame_dir):
+        raise UserError(f"{path}: frame_dir values are not unique; each sample needs its own frame_dir")
+    splits, notes = {}, []
+    for name, members in data["split"].items():
+        found = [position[m] for m in members if m in position]
+        if len(found) < len(members):
+            notes.append(f"{path}: split '{name}' lists {len(members) - len(found)} frame_dir(s) without "
+                         "annotation; they are skipped")
+        splits[str(name)] = found
+    return frame_dir, splits, notes
+
+
+def empty_note(path, frame_dir: np.ndarray, empty: np.ndarray) -> list[str]:
+    """The log line counting the samples without any skeleton (boolean mask `empty`), or none."""
+    if not empty.any():
+        return []
+    return [f"{path}: {int(empty.sum()):,} of {len(empty):,} samples have no skeleton with non-zero confidence "
+            f"(e.g. {frame_dir[np.argmax(empty)]}: nobody was detected); they are kept as all-zero clips"]
+
+
+def write_small_arrays(folder: Path, meta: dict, **arrays):
+    """The per-sample arrays as .npy files, then meta.json, written last: its presence marks a complete folder."""
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def pack_to_folder(data: dict, path, folder: Path, fingerprint: dict):
     """Validate the annotations of a read pickle and write them, packed, as .npy files plus meta.json
     into `folder` (the layout `open_packed` maps)."""
     annotations = data["annotations"]
-    checked = [_check_annotation(ann, i, path) for i, ann in enumerate(annotations)]
-    if not checked:
-        raise UserError(f"{path} holds no annotations")
-    frame_dir = np.array([str(ann["frame_dir"]) for ann in annotations])
-    position = {name: i for i, name in enumerate(frame_dir)}
-    if len(position) != len(frame_dir):
-        raise UserError(f"{path}: frame_dir values are not unique; each sample needs its own frame_dir")
-    splits = {}
-    for name, members in data["split"].items():
-        found = [position[m] for m in members if m in position]
-        if len(found) < len(members):
-            log.warning("%s: split '%s' lists %d frame_dir(s) without annotation; they are skipped",
-                        path, name, len(members) - len(found))
-        splits[str(name)] = found
-    no_keypoints = [frame_dir[i] for i, (_, score) in enumerate(checked) if not score.any()]
-    if no_keypoints:
-        log.warning("%s: %d sample(s) have no keypoint with non-zero confidence (e.g. %s); they are kept and "
-                    "read as all-zero clips", path, len(no_keypoints), no_keypoints[0])
-
+    frame_dir, splits, notes = check_splits(data, path)
+    checked = [_check_annotation(ann, path) for ann in annotations]
+    notes += empty_note(path, frame_dir, np.array([not score.any() for _, score in checked]))
     persons = np.array([kp.shape[0] for kp, _ in checked], dtype=np.int32)
     frames = np.array([kp.shape[1] for kp, _ in checked], dtype=np.int32)
     offset = np.zeros(len(checked) + 1, dtype=np.int64)
@@ -296,31 +326,41 @@ def pack_to_folder(data: dict, path, folder: Path, fingerprint: dict):
                       (rows, NUM_COCO_JOINTS, 2), (kp for kp, _ in checked))
     _write_npy_stream(folder / "score.npy", np.result_type(*{score.dtype for _, score in checked}),
                       (rows, NUM_COCO_JOINTS), (score for _, score in checked))
-    small = {
-        "offset": offset, "persons": persons, "frames": frames, "frame_dir": frame_dir,
-        "label": np.array([int(ann["label"]) for ann in annotations], dtype=np.int64),
-        "img_hw": np.array([tuple(int(v) for v in ann["img_shape"]) for ann in annotations], dtype=np.int32),
-    }
-    for name, array in small.items():
-        np.save(folder / f"{name}.npy", array)
-    # Written last: its presence marks a complete folder.
-    (folder / "meta.json").write_text(json.dumps(dict(fingerprint, splits=splits)))
+    write_small_arrays(
+        folder, dict(fingerprint, splits=splits, notes=notes), offset=offset, persons=persons, frames=frames,
+        frame_dir=frame_dir, label=np.array([int(ann["label"]) for ann in annotations], dtype=np.int64),
+        img_hw=np.array([tuple(int(v) for v in ann["img_shape"]) for ann in annotations], dtype=np.int32))
+
+
+def sources_unchanged(meta: dict) -> bool:
+    """Whether the extra files a store was packed from (a Kinetics table of contents' kpfiles, recorded in
+    meta.json as {path: [size, mtime_ns]}) are still there as they were."""
+    for name, (size, mtime_ns) in meta.get("sources", {}).items():
+        try:
+            stat = os.stat(name)
+        except OSError:
+            return False
+        if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+            return False
+    return True
 
 
 def open_packed(folder: Path, fingerprint: dict, path):
     """The store in a packed folder (keypoints memory-mapped), or None when the folder is missing,
-    incomplete, or made from another version of the pickle."""
+    incomplete, or made from another version of the pickle (or of its kpfiles). Its notes are logged."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    if any(meta.get(k) != v for k, v in fingerprint.items()):
+    if any(meta.get(k) != v for k, v in fingerprint.items()) or not sources_unchanged(meta):
         return None
     try:
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r" if name in ("keypoint", "score") else None)
                   for name in _ARRAYS}
     except (OSError, ValueError):
         return None
+    for note in meta.get("notes", []):
+        log.info(note)
     splits = {k: np.array(v, dtype=np.int64) for k, v in meta["splits"].items()}
     return SkeletonStore(**arrays, splits=splits, source=str(path))
 
@@ -331,26 +371,41 @@ def open_packed(folder: Path, fingerprint: dict, path):
 _ARRAYS = ("keypoint", "score", "offset", "persons", "frames", "label", "img_hw", "frame_dir")
 
 
-def _cache_dir(path: Path) -> Path:
-    return path.parent / ".cache" / path.stem
+@dataclass(frozen=True)
+class PackSettings:
+    """What, besides the pickle, decides a packed store: for a Kinetics table of contents (lib/data/kinetics.py)
+    the folder of its kpfiles and the box-score threshold. Other pickles ignore both."""
+    kpfiles: str = ""
+    box_thr: float | None = None
 
 
-def _fingerprint(path: Path) -> dict:
+def _cache_dir(path: Path, settings: PackSettings) -> Path:
+    suffix = "" if settings.box_thr is None else f"-box{settings.box_thr:g}"
+    return path.parent / ".cache" / f"{path.stem}{suffix}"
+
+
+def _fingerprint(path: Path, settings: PackSettings) -> dict:
     stat = path.stat()
-    return {"format": CACHE_FORMAT, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    return {"format": CACHE_FORMAT, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
+            "box_thr": settings.box_thr}
 
 
-def _pack_pickle(path: Path, folder: Path, fingerprint: dict):
-    pack_to_folder(read_pickle(path), path, folder, fingerprint)
+def _pack_pickle(path: Path, folder: Path, fingerprint: dict, settings: PackSettings):
+    data = read_pickle(path)
+    from lib.data import kinetics  # it builds on this module
+    if kinetics.is_table_of_contents(data):
+        kinetics.pack_table_of_contents(data, path, folder, fingerprint, settings)
+    else:
+        pack_to_folder(data, path, folder, fingerprint)
 
 
-def _pack_in_child_process(path: Path, folder: Path, fingerprint: dict):
+def _pack_in_child_process(path: Path, folder: Path, fingerprint: dict, settings: PackSettings):
     """Parse and pack the pickle in a separate process: the parsed pickle (as large as the keypoints)
     never lives in the caller, whose memory would otherwise stay at twice the keypoints after the
     allocator keeps the freed pages. UserErrors come back as they were raised."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        pool.submit(_pack_pickle, path, folder, fingerprint).result()
+        pool.submit(_pack_pickle, path, folder, fingerprint, settings).result()
 
 
 def _open_just_packed(folder: Path, fingerprint: dict, path) -> SkeletonStore:
@@ -359,15 +414,16 @@ def _open_just_packed(folder: Path, fingerprint: dict, path) -> SkeletonStore:
     return store
 
 
-def load_store(path, use_cache: bool = True) -> SkeletonStore:
-    """The SkeletonStore of a PYSKL pickle. The packed keypoints are written to disk and memory-mapped:
-    in the cache beside the pickle (reused while the pickle is unchanged), or, without cache or when it
-    cannot be written, in a temporary folder removed when the store is (or when the process exits): loader
-    workers map its files as long as the store lives."""
+def load_store(path, use_cache: bool = True, settings: PackSettings = PackSettings()) -> SkeletonStore:
+    """The SkeletonStore of a PYSKL pickle (or of a Kinetics table of contents and its kpfiles). The packed
+    keypoints are written to disk and memory-mapped: in the cache beside the pickle (reused while the pickle,
+    its kpfiles and `settings` are unchanged), or, without cache or when it cannot be written, in a temporary
+    folder removed when the store is (or when the process exits): loader workers map its files as long as the
+    store lives."""
     path = Path(path)
     if not path.is_file():
         read_pickle(path)  # raises the "not found" UserError
-    cache, fingerprint = _cache_dir(path), _fingerprint(path)
+    cache, fingerprint = _cache_dir(path, settings), _fingerprint(path, settings)
     if use_cache:
         store = open_packed(cache, fingerprint, path)
         if store is not None:
@@ -384,7 +440,7 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
                     return store
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
-                _pack_in_child_process(path, tmp, fingerprint)
+                _pack_in_child_process(path, tmp, fingerprint, settings)
                 shutil.rmtree(cache, ignore_errors=True)  # a stale cache of an older version of the pickle
                 os.replace(tmp, cache)
                 return _open_just_packed(cache, fingerprint, path)
@@ -397,7 +453,7 @@ def load_store(path, use_cache: bool = True) -> SkeletonStore:
             shutil.rmtree(tmp, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix="skeleton-store-"))
     try:
-        _pack_in_child_process(path, folder, fingerprint)
+        _pack_in_child_process(path, folder, fingerprint, settings)
         store = _open_just_packed(folder, fingerprint, path)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -28,7 +28,8 @@ cross-subject, cross-view and cross-setup rules (`split_of`) give the splits. Pr
 small ntu120 that also holds every exemplar of the NTU120 one-shot protocol (lib/fewshot/protocol.py).
 
 CLI: python -m lib.data.synthetic --preset demo|ntu60|ntu120|ntu120_oneshot --out PATH [--seed S]
-     [--num-samples N]
+     [--num-samples N]; the presets gym, ucf101, hmdb51, diving48 and k400 write the other PYSKL files'
+     formats (lib/data/synthetic_formats.py).
 """
 import argparse
 import math
@@ -666,8 +667,11 @@ def write_pickle(data: dict, path) -> None:
 
 
 def main(argv=None) -> None:
+    from lib.data import synthetic_formats  # it builds on this module
+
     parser = argparse.ArgumentParser(prog="python -m lib.data.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", required=True, choices=tuple(PRESETS))
+    parser.add_argument("--preset", required=True, choices=tuple(PRESETS) + tuple(synthetic_formats.PRESETS),
+                        help="an NTU preset, or the format of another PYSKL file (lib/data/synthetic_formats.py)")
     parser.add_argument("--out", required=True, type=Path, help="pickle to write (its folder is created)")
     parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -681,12 +685,15 @@ def main(argv=None) -> None:
         parser.error(f"--out {args.out} is a folder; give the path of the pickle to write")
 
     start = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        data = generate(args.preset, args.seed, args.num_samples, progress=True)
+        if args.preset in synthetic_formats.PRESETS:
+            data = synthetic_formats.write(args.preset, args.out, args.seed, args.num_samples)
+        else:
+            data = generate(args.preset, args.seed, args.num_samples, progress=True)
+            write_pickle(data, args.out)
     except ValueError as e:
         parser.error(str(e))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_pickle(data, args.out)
     num_classes = len({ann["label"] for ann in data["annotations"]})
     print(f"wrote {args.out}: {len(data['annotations'])} samples, {num_classes} classes, "
           f"{args.out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s")

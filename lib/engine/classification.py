@@ -32,10 +32,9 @@ log = logging.getLogger(__name__)
 
 
 class ClassificationTask:
-    best_metric = "top1"
-
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.best_metric = cfg.train.best_metric
 
     @staticmethod
     def better(score: float, best: float) -> bool:

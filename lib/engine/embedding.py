@@ -22,8 +22,6 @@ def split_exemplars(cfg, labels: np.ndarray, frame_dirs) -> dict:
 
 
 class EmbeddingTask(ClassificationTask):
-    best_metric = "top1"
-
     def epoch_batches(self, train_set, epoch: int) -> list[list[int]]:
         return class_balanced_batches(train_set.labels, self.cfg.train.batch_size, self.cfg.fewshot.clips_per_class,
                                       self.cfg.train.seed, epoch)

@@ -130,7 +130,8 @@ def restart_note() -> str:
 # Settings that may change when a run is continued with -r auto: they do not change what a step computes.
 RESUMABLE_CHANGES = {"train.epochs", "train.ckpt_save_frequency", "train.ckpt_every_minutes",
                      "train.dist_timeout_minutes", "train.log", "train.device", "train.amp", "train.compile",
-                     "train.micro_batch", "train.quickdebug", "data.num_workers", "data.data_root"}
+                     "train.micro_batch", "train.quickdebug", "data.num_workers", "data.data_root",
+                     "data.kpfiles"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

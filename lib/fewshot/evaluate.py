@@ -36,13 +36,13 @@ def name_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", " ", name.lower()).strip()
 
 
-def test_split(cfg: Config) -> str:
-    """The split an embedding model is evaluated on: the novel classes of the one-shot protocol, else the
-    config's validation split."""
-    return "oneshot_test" if cfg.data.data_split == "oneshot" else f"{cfg.data.data_split}_val"
+def test_split(cfg: Config) -> str | None:
+    """The split an embedding model is evaluated on: the novel classes of the one-shot protocol, else (None)
+    the config's evaluation split."""
+    return "oneshot_test" if cfg.data.data_split == "oneshot" else None
 
 
-def embed_split(cfg: Config, checkpoint, split: str):
+def embed_split(cfg: Config, checkpoint, split: str | None):
     """(the trained model with the split, embeddings [S, D], labels [S]) of an embedding checkpoint."""
     if cfg.model.model_version != "embed":
         raise UserError("this needs an embedding model: use its config (model_version: embed, e.g. "
@@ -76,8 +76,8 @@ def evaluate_embedding(cfg: Config, checkpoint, out_dir=None) -> dict:
     (default '<checkpoint stem>_eval' beside it). Returns the metrics."""
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else checkpoint.with_name(f"{checkpoint.stem}_eval")
-    split = test_split(cfg)
-    trained, embeddings, labels = embed_split(cfg, checkpoint, split)
+    trained, embeddings, labels = embed_split(cfg, checkpoint, test_split(cfg))
+    split = trained.val_set.split
     frame_dirs = trained.val_set.frame_dirs
     exemplars = split_exemplars(cfg, labels, frame_dirs)
     result = one_shot_accuracy(embeddings, labels, exemplars)
@@ -113,8 +113,8 @@ def evaluate_gallery(cfg: Config, gallery_path, checkpoint=None, out_dir=None, t
         raise UserError(f"{gallery_path} was built with the ONNX model {checkpoint}: pass --evaluate CKPT, the "
                         "checkpoint it was exported from")
     out_dir = Path(out_dir) if out_dir else gallery_path.with_name(f"{gallery_path.stem}_eval")
-    split = test_split(cfg)
-    trained, all_embeddings, all_labels = embed_split(cfg, checkpoint, split)
+    trained, all_embeddings, all_labels = embed_split(cfg, checkpoint, test_split(cfg))
+    split = trained.val_set.split
     gallery.check_model(TorchEmbedder(trained.model, cfg, str(checkpoint)))
     examples = {Path(source).stem for source in gallery.sources}
     kept = np.array([str(name) not in examples for name in trained.val_set.frame_dirs])  # the gallery's own: out
