@@ -35,14 +35,16 @@ def _checked(keypoint, score, img_hw, source: str, label=None) -> Keypoints:
 
 
 def read_pickle_sample(path, frame_dir: str) -> Keypoints:
-    """A sample of a PYSKL pickle, read through the restricted unpickler."""
-    from lib.data.pyskl import read_pickle
+    """A sample of a PYSKL pickle, from its packed store (lib/data/pyskl.py; built on the first use, through the
+    restricted unpickler). A Kinetics table of contents reads its kpfiles from kpfiles/ beside it."""
+    from lib.data.pyskl import PackSettings, load_store
 
-    for ann in read_pickle(path)["annotations"]:
-        if ann.get("frame_dir") == frame_dir:
-            return _checked(ann["keypoint"], ann["keypoint_score"], ann["img_shape"], f"{path}:{frame_dir}",
-                            int(ann["label"]))
-    raise UserError(f"sample '{frame_dir}' is not in {path}")
+    store = load_store(path, settings=PackSettings(kpfiles=str(Path(path).parent / "kpfiles")))
+    found = np.flatnonzero(store.frame_dir == frame_dir)
+    if len(found) == 0:
+        raise UserError(f"sample '{frame_dir}' is not in {path} (e.g. {store.frame_dir[0]})")
+    i = int(found[0])
+    return _checked(*store.raw_sample(i), store.img_hw[i], f"{path}:{frame_dir}", int(store.label[i]))
 
 
 def write_npz(path, keypoints: Keypoints, frame_dir: str, **extra):

@@ -24,7 +24,7 @@ def describe_split(dataset: ActionDataset, names: list[str]) -> str:
     common = int(np.argmax(counts))
     return (f"{dataset.split:>12}: {len(idx):7d} samples, {np.count_nonzero(counts):4d} classes, "
             f"frames {frames.min()}-{int(np.median(frames))}-{frames.max()} (min-median-max), "
-            f"persons 1/2/more: {np.sum(persons == 1)}/{np.sum(persons == 2)}/{np.sum(persons > 2)}, "
+            f"persons 0/1/2/more: {np.sum(persons == 0)}/{np.sum(persons == 1)}/{np.sum(persons == 2)}/{np.sum(persons > 2)}, "
             f"most common: '{names[common]}' ({counts[common]})")
 
 
