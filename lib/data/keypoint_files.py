@@ -37,9 +37,9 @@ def _checked(keypoint, score, img_hw, source: str, label=None) -> Keypoints:
 def read_pickle_sample(path, frame_dir: str) -> Keypoints:
     """A sample of a PYSKL pickle, from its packed store (lib/data/pyskl.py; built on the first use, through the
     restricted unpickler). A Kinetics table of contents reads its kpfiles from kpfiles/ beside it."""
-    from lib.data.pyskl import PackSettings, load_store
+    from lib.data.pyskl import load_store
 
-    store = load_store(path, settings=PackSettings(kpfiles=str(Path(path).parent / "kpfiles")))
+    store = load_store(path)
     found = np.flatnonzero(store.frame_dir == frame_dir)
     if len(found) == 0:
         raise UserError(f"sample '{frame_dir}' is not in {path} (e.g. {store.frame_dir[0]})")

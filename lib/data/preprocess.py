@@ -191,6 +191,8 @@ def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
     if keypoint.shape[0] == 0 or keypoint.shape[1] == 0:
         return np.zeros((NUM_PERSONS, clip_len, 17, 3), dtype=np.float32)
     keypoint, score = select_persons(keypoint, score)
+    # float16 stores (Kinetics) would overflow in the tracker's distances
+    keypoint, score = keypoint.astype(np.float32, copy=False), score.astype(np.float32, copy=False)
     keypoint, score = track_two_persons(keypoint, score)
     frames = resample_indices(keypoint.shape[1], clip_len, rng)
     xy = normalize_to_image(keypoint[:, frames].astype(np.float32), img_hw)  # [M, clip_len, 17, 2]

@@ -375,7 +375,7 @@ _ARRAYS = ("keypoint", "score", "offset", "persons", "frames", "label", "img_hw"
 class PackSettings:
     """What, besides the pickle, decides a packed store: for a Kinetics table of contents (lib/data/kinetics.py)
     the folder of its kpfiles and the box-score threshold. Other pickles ignore both."""
-    kpfiles: str = ""
+    kpfiles: str
     box_thr: float | None = None
 
 
@@ -414,15 +414,16 @@ def _open_just_packed(folder: Path, fingerprint: dict, path) -> SkeletonStore:
     return store
 
 
-def load_store(path, use_cache: bool = True, settings: PackSettings = PackSettings()) -> SkeletonStore:
+def load_store(path, use_cache: bool = True, settings: PackSettings | None = None) -> SkeletonStore:
     """The SkeletonStore of a PYSKL pickle (or of a Kinetics table of contents and its kpfiles). The packed
     keypoints are written to disk and memory-mapped: in the cache beside the pickle (reused while the pickle,
     its kpfiles and `settings` are unchanged), or, without cache or when it cannot be written, in a temporary
     folder removed when the store is (or when the process exits): loader workers map its files as long as the
-    store lives."""
+    store lives. Without `settings`: a Kinetics table of contents finds its kpfiles in kpfiles/ beside it."""
     path = Path(path)
     if not path.is_file():
         read_pickle(path)  # raises the "not found" UserError
+    settings = settings or PackSettings(kpfiles=str(path.parent / "kpfiles"))
     cache, fingerprint = _cache_dir(path, settings), _fingerprint(path, settings)
     if use_cache:
         store = open_packed(cache, fingerprint, path)

@@ -20,6 +20,7 @@ file, so that the reader must find the kpfiles by base name (lib/data/kinetics.p
 
 CLI: python -m lib.data.synthetic --preset gym|ucf101|hmdb51|diving48|k400 --out PATH [--num-samples N]
 """
+import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,23 +44,25 @@ class FormatPreset:
     detector_persons: float  # mean count of extra detections (bystanders) per video
     max_extra: int  # at most this many
     nobody: float  # share of videos in which nobody was detected
+    eval_share: float  # share of each class in the evaluation split (HMDB51: in each split's test half)
     class_names: str  # configs/action/ file of the class names (sample names use them)
 
 
 PRESETS = {
-    "gym": FormatPreset("gym_hrnet", 99, 2_970, (30, 90), ((360, 640), (720, 1280), (1080, 1920)), 0.0, 0, 0.0,
+    "gym": FormatPreset("gym_hrnet", 99, 2_970, (30, 90), ((360, 640), (720, 1280), (1080, 1920)), 0.0, 0, 0.0, 0.29,
                         "gym99_classes.txt"),
-    "ucf101": FormatPreset("ucf101_hrnet", 101, 3_030, (40, 120), ((240, 320),), 0.6, 4, 0.01, "ucf101_classes.txt"),
+    "ucf101": FormatPreset("ucf101_hrnet", 101, 3_030, (40, 120), ((240, 320),), 0.6, 4, 0.01, 0.0,
+                          "ucf101_classes.txt"),
     "hmdb51": FormatPreset("hmdb51_hrnet", 51, 1_530, (40, 120), ((240, 320), (240, 352), (240, 360), (240, 426)),
-                           0.6, 4, 0.01, "hmdb51_classes.txt"),
-    "diving48": FormatPreset("diving48_hrnet", 48, 1_440, (40, 100), ((240, 426),), 0.3, 1, 0.0,
+                           0.6, 4, 0.01, 0.3, "hmdb51_classes.txt"),
+    "diving48": FormatPreset("diving48_hrnet", 48, 1_440, (40, 100), ((240, 426),), 0.3, 1, 0.0, 0.12,
                              "diving48_classes.txt"),
     "k400": FormatPreset("k400_hrnet", 400, 8_000, (60, 150),
-                         ((240, 320), (360, 480), (360, 640), (720, 1280), (1080, 1920)), 1.5, 6, 0.03,
+                         ((240, 320), (360, 480), (360, 640), (720, 1280), (1080, 1920)), 1.5, 6, 0.03, 0.077,
                          "k400_classes.txt"),
 }
 UCF_GROUPS = 25  # UCF101's groups of clips; split n tests on groups 7n-6 .. 7n
-KPFILE_VIDEOS = 100  # videos per kpfile of the k400 preset
+CHUNK_VIDEOS = 100  # videos rendered with one random stream; a kpfile of the k400 preset
 
 
 def class_names(preset: FormatPreset) -> list[str]:
@@ -82,10 +85,11 @@ def in_frame(keypoint: np.ndarray, score: np.ndarray, img_hw, rng) -> tuple[np.n
     return np.where(score[..., None] > 0, moved, 0.0).astype(np.float32), score
 
 
-def render_video(label: int, programs: dict, preset: FormatPreset, img_hw, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(keypoint [M, T, 17, 2], keypoint_score [M, T, 17]) of one video of class `label` in pixels of img_hw:
-    the performer, the detector's extra persons, or nobody (M = 0)."""
-    num_frames = int(rng.integers(preset.frames[0], preset.frames[1] + 1))
+def render_video(label: int, programs: dict, preset: FormatPreset, img_hw, frames: tuple,
+                 rng) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoint [M, T, 17, 2], keypoint_score [M, T, 17]) of one video of class `label` in pixels of img_hw,
+    frames[0] to frames[1] frames long: the performer, the detector's extra persons, or nobody (M = 0)."""
+    num_frames = int(rng.integers(frames[0], frames[1] + 1))
     if rng.random() < preset.nobody:
         return np.zeros((0, num_frames, 17, 2), np.float32), np.zeros((0, num_frames, 17), np.float32)
     ids = dict(setup=int(rng.integers(1, 33)), camera=int(rng.integers(1, 4)), performer=int(rng.integers(1, 107)))
@@ -119,20 +123,20 @@ def sample_names(name: str, preset: FormatPreset, labels: np.ndarray, rng) -> tu
     return names, groups
 
 
-def make_splits(name: str, frame_dirs: list, labels: np.ndarray, groups: list, rng) -> dict:
+def make_splits(name: str, preset: FormatPreset, frame_dirs: list, labels: np.ndarray, groups: list, rng) -> dict:
     """The file's own splits: UCF101's by group, HMDB51's 70/30 per class drawn three times, the others one
-    train split and one evaluation split (val, or test for Diving48) holding a quarter of each class."""
+    train split and one evaluation split (val, or test for Diving48) holding `eval_share` of each class."""
     if name == "ucf101":
         return {f"{half}{n}": [f for f, g in zip(frame_dirs, groups) if (7 * (n - 1) < g <= 7 * n) == (half == "test")]
                 for n in (1, 2, 3) for half in ("train", "test")}
     if name == "hmdb51":
         splits = {}
         for n in (1, 2, 3):
-            test = held_out(labels, 0.3, rng)
+            test = held_out(labels, preset.eval_share, rng)
             splits[f"train{n}"] = [f for f, t in zip(frame_dirs, test) if not t]
             splits[f"test{n}"] = [f for f, t in zip(frame_dirs, test) if t]
         return splits
-    test = held_out(labels, 0.25, rng)
+    test = held_out(labels, preset.eval_share, rng)
     evaluation = "test" if name == "diving48" else "val"
     return {"train": [f for f, t in zip(frame_dirs, test) if not t], evaluation: [f for f, t in zip(frame_dirs, test) if t]}
 
@@ -147,29 +151,72 @@ def held_out(labels: np.ndarray, share: float, rng) -> np.ndarray:
     return mask
 
 
-def generate(name: str, seed: int = 0, num_samples: int | None = None, progress: bool = False) -> dict:
-    """A PYSKL dict ({'split', 'annotations'}) in the layout of NTU (keypoint arrays in each annotation) for a
-    preset of PRESETS; k400 is turned into a table of contents by `write_table_of_contents`."""
+@dataclass(frozen=True)
+class Chunk:
+    """CHUNK_VIDEOS consecutive videos of a file (a kpfile's worth for k400), rendered with their own random
+    stream, so that the content does not depend on how many processes write it."""
+    name: str
+    index: int
+    frame_dirs: tuple
+    labels: tuple
+    seed: int
+    frames: tuple  # (min, max) frames of a video
+
+    def render(self) -> list[dict]:
+        """The chunk's annotations in the NTU layout (keypoint arrays in each)."""
+        preset = PRESETS[self.name]
+        rng = np.random.default_rng([self.seed, preset.num_classes, self.index])
+        programs = {}
+        annotations = []
+        for frame_dir, label in zip(self.frame_dirs, self.labels):
+            if label not in programs:
+                program = body.action_program(FIRST_PROGRAM + label)
+                programs[label] = (body.compile_action(program), program.distance)
+            img_hw = preset.img_shapes[int(rng.integers(len(preset.img_shapes)))]
+            keypoint, score = render_video(label, programs, preset, img_hw, self.frames, rng)
+            annotations.append({"frame_dir": frame_dir, "label": label, "img_shape": img_hw,
+                                "original_shape": img_hw, "total_frames": keypoint.shape[1],
+                                "keypoint": keypoint, "keypoint_score": score})
+        return annotations
+
+    def write_kpfile(self, folder: Path, stem: str) -> list[dict]:
+        """Write the chunk as a Kinetics kpfile ({frame_dir: {'keypoint': [N, 17, 3]}}) into `folder`; return its
+        table-of-contents entries: raw_file, frame_inds, box_score and valid (frames with a skeleton at box
+        thresholds 0.5-0.9) beside frame_dir, label, img_shape, original_shape and total_frames."""
+        rng = np.random.default_rng([self.seed, 400, self.index, 1])
+        kpfile_name = f"{stem}_part_{self.index:05d}.pkl"
+        kpfile, contents = {}, []
+        for ann in self.render():
+            frame_inds, skeletons, box_score = compress(ann.pop("keypoint"), ann.pop("keypoint_score"), rng)
+            kpfile[ann["frame_dir"]] = {"keypoint": skeletons}
+            valid = {thr: int(len(np.unique(frame_inds[box_score >= thr]))) for thr in (0.5, 0.6, 0.7, 0.8, 0.9)}
+            contents.append(ann | {"raw_file": f"{AUTHORS_KPFILE_FOLDER}/{kpfile_name}", "frame_inds": frame_inds,
+                                   "box_score": box_score, "valid": valid})
+        body.write_pickle(kpfile, folder / kpfile_name)
+        return contents
+
+
+def plan(name: str, seed: int, num_samples: int | None, frames: tuple | None) -> tuple[list, dict]:
+    """(the chunks to render, the splits) of a preset: labels balanced over the classes, names and splits drawn."""
     preset = PRESETS[name]
     num_samples = preset.num_samples if num_samples is None else num_samples
     if num_samples < preset.num_classes:
         raise ValueError(f"--num-samples must be at least the {preset.num_classes} classes of {name}")
     rng = np.random.default_rng([seed, preset.num_classes])
-    programs = {}
-    for label in range(preset.num_classes):
-        program = body.action_program(FIRST_PROGRAM + label)
-        programs[label] = (body.compile_action(program), program.distance)
     labels = np.arange(num_samples) % preset.num_classes
     frame_dirs, groups = sample_names(name, preset, labels, rng)
-    annotations = []
-    for frame_dir, label in tqdm(list(zip(frame_dirs, labels)), desc=f"synthetic {name}", unit="video",
-                                 disable=not progress, mininterval=0.5):
-        img_hw = preset.img_shapes[int(rng.integers(len(preset.img_shapes)))]
-        keypoint, score = render_video(int(label), programs, preset, img_hw, rng)
-        annotations.append({"frame_dir": frame_dir, "label": int(label), "img_shape": img_hw,
-                            "original_shape": img_hw, "total_frames": keypoint.shape[1],
-                            "keypoint": keypoint, "keypoint_score": score})
-    return {"split": make_splits(name, frame_dirs, labels, groups, rng), "annotations": annotations}
+    splits = make_splits(name, preset, frame_dirs, labels, groups, rng)
+    chunks = [Chunk(name, i // CHUNK_VIDEOS, tuple(frame_dirs[i:i + CHUNK_VIDEOS]),
+                    tuple(int(v) for v in labels[i:i + CHUNK_VIDEOS]), seed, frames or preset.frames)
+              for i in range(0, num_samples, CHUNK_VIDEOS)]
+    return chunks, splits
+
+
+def generate(name: str, seed: int = 0, num_samples: int | None = None, frames: tuple | None = None) -> dict:
+    """A PYSKL dict ({'split', 'annotations'}) of a preset in the NTU layout (keypoint arrays in each
+    annotation); `write` turns k400 into a table of contents and kpfiles."""
+    chunks, splits = plan(name, seed, num_samples, frames)
+    return {"split": splits, "annotations": [ann for chunk in chunks for ann in chunk.render()]}
 
 
 def compress(keypoint: np.ndarray, score: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,33 +232,29 @@ def compress(keypoint: np.ndarray, score: np.ndarray, rng) -> tuple[np.ndarray, 
     return frames.astype(np.int16), skeletons.astype(np.float16), box_score.astype(np.float16)
 
 
-def write_table_of_contents(data: dict, out: Path, rng) -> dict:
-    """Turn a k400 dict into Kinetics' published layout: the kpfiles are written into {out.parent}/kpfiles/
-    ({frame_dir: {'keypoint': [N, 17, 3]}}, KPFILE_VIDEOS videos each); the returned table of contents has,
-    per video, raw_file, frame_inds, box_score and valid (frames with a skeleton at box thresholds 0.5-0.9)."""
-    folder = out.parent / "kpfiles"
-    folder.mkdir(parents=True, exist_ok=True)
-    contents = []
-    annotations = data["annotations"]
-    for start in range(0, len(annotations), KPFILE_VIDEOS):
-        kpfile_name = f"{out.stem}_part_{start // KPFILE_VIDEOS:04d}.pkl"
-        kpfile = {}
-        for ann in annotations[start:start + KPFILE_VIDEOS]:
-            frame_inds, skeletons, box_score = compress(ann["keypoint"], ann["keypoint_score"], rng)
-            kpfile[ann["frame_dir"]] = {"keypoint": skeletons}
-            valid = {thr: int(len(np.unique(frame_inds[box_score >= thr]))) for thr in (0.5, 0.6, 0.7, 0.8, 0.9)}
-            contents.append({key: ann[key] for key in ("frame_dir", "label", "img_shape", "original_shape",
-                                                       "total_frames")}
-                            | {"raw_file": f"{AUTHORS_KPFILE_FOLDER}/{kpfile_name}", "frame_inds": frame_inds,
-                               "box_score": box_score, "valid": valid})
-        body.write_pickle(kpfile, folder / kpfile_name)
-    return {"split": data["split"], "annotations": contents}
+def _write_kpfile(job: tuple) -> list[dict]:
+    chunk, folder, stem = job
+    return chunk.write_kpfile(folder, stem)
 
 
-def write(name: str, out: Path, seed: int = 0, num_samples: int | None = None) -> dict:
-    """Generate a preset and write it at `out` (with its kpfiles, for k400); returns what the pickle holds."""
-    data = generate(name, seed, num_samples, progress=True)
-    if name == "k400":
-        data = write_table_of_contents(data, out, np.random.default_rng([seed, 400, 1]))
+def write(name: str, out: Path, seed: int = 0, num_samples: int | None = None, frames: tuple | None = None,
+          processes: int = 1) -> dict:
+    """Generate a preset and write it at `out`; returns what the pickle holds. k400 streams: each chunk of
+    videos becomes a kpfile in {out.parent}/kpfiles/ as soon as it is rendered (in `processes` processes), so
+    a file of any size is written in little memory, and `out` is its table of contents."""
+    chunks, splits = plan(name, seed, num_samples, frames)
+    bar = dict(desc=f"synthetic {name}", unit=f"x{CHUNK_VIDEOS} videos", mininterval=1.0)
+    if name != "k400":
+        data = {"split": splits, "annotations": [ann for chunk in tqdm(chunks, **bar) for ann in chunk.render()]}
+    else:
+        folder = out.parent / "kpfiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs = [(chunk, folder, out.stem) for chunk in chunks]
+        if processes > 1:
+            with multiprocessing.get_context("forkserver").Pool(processes) as pool:
+                contents = list(tqdm(pool.imap(_write_kpfile, jobs), total=len(jobs), **bar))
+        else:
+            contents = [_write_kpfile(job) for job in tqdm(jobs, **bar)]
+        data = {"split": splits, "annotations": [entry for chunk in contents for entry in chunk]}
     body.write_pickle(data, out)
     return data
