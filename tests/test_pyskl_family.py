@@ -19,7 +19,7 @@ from lib.config import DataConfig, load_yaml_config
 from lib.data import synthetic_formats
 from lib.data.dataset import ActionDataset, file_protocols, open_store
 from lib.data.kinetics import regroup
-from lib.data.preprocess import normalize_to_image
+from lib.data.preprocess import make_clip, normalize_to_image
 from lib.data.pyskl import PackSettings, load_store
 from lib.errors import UserError
 
@@ -190,7 +190,16 @@ def test_kinetics_keeps_the_two_persons_of_highest_total_score_and_empty_videos(
         store = load_store(path, settings=PackSettings(str(tmp_path / "kpfiles")))
     keypoint, score = store.raw_sample(0)
     assert store.keypoint.dtype == np.float16 and keypoint.shape == (2, 3, 17, 2)  # slot 2 (0.9) dropped
-    np.testing.assert_array_equal(keypoint[..., 0, 0], [[100, 200, 300], [200, 0, 100]])
+    # Slots 0 (A B C) and 1 (B - A) are then tracked: A moves to one track, B and C (who stand nearer) to the other.
+    np.testing.assert_array_equal(keypoint[..., 0, 0], [[100, 0, 100], [200, 200, 300]])
+    assert store.tracked and (score[0, 1] == 0).all()
+    # The clips equal those of the regrouped, untracked skeletons going through the whole pipeline.
+    untracked = regroup(np.array(inds), skeletons.astype(np.float16))
+    untracked = tuple(array[:2] for array in untracked)
+    for rng in (None, 5):
+        np.testing.assert_array_equal(
+            make_clip(keypoint, score, (240, 320), 8, rng=rng and np.random.default_rng(rng), tracked=True),
+            make_clip(*untracked, (240, 320), 8, rng=rng and np.random.default_rng(rng)))
     assert store.raw_sample(1)[0].shape == (0, 0, 17, 2)
     assert "1 of 2 samples have no skeleton" in caplog.text and "nobody" in caplog.text
 
@@ -199,8 +208,9 @@ def test_kinetics_box_threshold_drops_low_boxes_before_regrouping(tmp_path):
     inds, skeletons, box = three_person_video()
     path = write_kinetics(tmp_path, [("talking", inds, skeletons, box)])
     store = load_store(path, settings=PackSettings(str(tmp_path / "kpfiles"), box_thr=0.5))
-    # B's boxes (0.4) go: frame 1 is then empty and dropped; frames 0 and 2 hold A C and C A.
-    np.testing.assert_array_equal(store.raw_sample(0)[0][..., 0, 0], [[100, 300], [300, 100]])
+    # B's boxes (0.4) go: frame 1 is then empty and dropped; frames 0 and 2 hold A C and C A, which the
+    # tracker turns into A A and C C.
+    np.testing.assert_array_equal(store.raw_sample(0)[0][..., 0, 0], [[100, 100], [300, 300]])
     assert (tmp_path / ".cache" / "k400_hrnet-box0.5").is_dir()
 
 
@@ -273,3 +283,20 @@ def test_one_epoch_of_training_and_evaluation_on_each_format(data, tmp_path, nam
     metrics = json.loads((tmp_path / "best_epoch_eval" / "metrics.json").read_text())
     evaluation = FORMATS[name][3]
     assert metrics["split"] == evaluation and metrics["samples"] == len(open_store(data_config(data, name)).splits[evaluation])
+
+
+def test_synthetic_cli_writes_kinetics_as_a_table_of_contents_and_kpfiles(tmp_path):
+    out = tmp_path / "k400_hrnet.pkl"
+    result = subprocess.run([sys.executable, "-m", "lib.data.synthetic", "--preset", "k400", "--out", out,
+                             "--num-samples", "400"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "400 samples, 400 classes" in result.stdout
+    toc = pickle.load(open(out, "rb"))
+    ann = toc["annotations"][0]
+    assert "keypoint" not in ann and set(toc["split"]) == {"train", "val"}
+    raw = Path(ann["raw_file"])
+    assert raw.is_absolute() and not raw.exists() and (tmp_path / "kpfiles" / raw.name).is_file()
+    kpfile = pickle.load(open(tmp_path / "kpfiles" / raw.name, "rb"))
+    skeletons = kpfile[ann["frame_dir"]]["keypoint"]
+    assert skeletons.dtype == np.float16 and skeletons.shape == (len(ann["frame_inds"]), 17, 3)
+    assert len(ann["box_score"]) == len(ann["frame_inds"]) and (np.diff(ann["frame_inds"]) >= 0).all()

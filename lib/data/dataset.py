@@ -70,7 +70,7 @@ class ActionDataset:
             keypoint, score, self.store.img_hw[index], self.cfg.clip_len, rng=rng,
             random_move_on=self.train and self.cfg.random_move,
             scale_range=self.cfg.scale_range_train if self.train else self.cfg.scale_range_test,
-            legacy_conf_order=self.cfg.legacy_conf_order, stream=self.cfg.stream)
+            legacy_conf_order=self.cfg.legacy_conf_order, stream=self.cfg.stream, tracked=self.store.tracked)
 
 
 def stratified_share(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -13,8 +13,9 @@ memory-mapped SkeletonStore as the other PYSKL files (lib/data/pyskl.py):
 * skeletons below the box-score threshold (data.box_thr, PYSKL's box_thr; null keeps all) are dropped;
 * `regroup` puts the skeletons into frames and persons as PYSKL's DecompressPose does: frames without
   anyone are dropped, and a frame's k-th skeleton (in stored order) is person k;
-* of the persons, the two with the highest total keypoint score over the video are kept
-  (lib.data.preprocess.select_persons, the rule of every clip), so the store holds at most two;
+* of the persons, the two with the highest total keypoint score over the video are kept and tracked
+  (lib.data.preprocess.select_and_track, what every clip of the other files goes through), so the store
+  holds at most two, and making a clip skips that step (SkeletonStore.tracked);
 * a video in which nobody was detected is kept as an empty clip (all zeros) and counted in the log.
 Coordinates and scores are stored as float16, the kpfiles' own precision.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lib.data.preprocess import NUM_PERSONS, select_persons
+from lib.data.preprocess import NUM_PERSONS, select_and_track
 from lib.data.pyskl import (NUM_COCO_JOINTS, PackSettings, RestrictedUnpickler, check_finite,
                             check_label_and_shapes, check_splits, empty_note, write_small_arrays)
 from lib.errors import UserError
@@ -203,7 +204,7 @@ def pack_table_of_contents(data: dict, path, folder: Path, fingerprint: dict, se
             for i in plan.by_kpfile[kpfile]:
                 skeletons = _skeletons(content, kpfile, frame_dir[i], len(plan.frame_inds[i]))
                 check_finite(kpfile, frame_dir[i], skeletons)
-                keypoint, score = select_persons(*regroup(plan.frame_inds[i][plan.keep[i]], skeletons[plan.keep[i]]))
+                keypoint, score = select_and_track(*regroup(plan.frame_inds[i][plan.keep[i]], skeletons[plan.keep[i]]))
                 assert keypoint.shape[:2] == (plan.persons[i], plan.frames[i]), (frame_dir[i], keypoint.shape)
                 keypoint_file.write(int(plan.offset[i]), keypoint.reshape(-1, NUM_COCO_JOINTS, 2))
                 score_file.write(int(plan.offset[i]), score.reshape(-1, NUM_COCO_JOINTS))
@@ -215,7 +216,7 @@ def pack_table_of_contents(data: dict, path, folder: Path, fingerprint: dict, se
     sources = {str(kpfile): [kpfile.stat().st_size, kpfile.stat().st_mtime_ns] for kpfile in plan.by_kpfile}
     annotations = data["annotations"]
     write_small_arrays(
-        folder, dict(fingerprint, splits=splits, notes=notes, sources=sources), offset=plan.offset,
+        folder, dict(fingerprint, splits=splits, notes=notes, sources=sources, tracked=True), offset=plan.offset,
         persons=plan.persons, frames=plan.frames, frame_dir=frame_dir,
         label=np.array([int(ann["label"]) for ann in annotations], dtype=np.int64),
         img_hw=np.array([tuple(int(v) for v in ann["img_shape"]) for ann in annotations], dtype=np.int32))

@@ -54,7 +54,8 @@ def select_persons(keypoint: np.ndarray, score: np.ndarray, max_persons: int = N
 def _pose_distance(a, a_visible, b, b_visible) -> np.ndarray:
     """Mean distance over the joints visible in both poses. [..., 17, 2] x2 -> [...]."""
     both = a_visible & b_visible
-    dist = np.linalg.norm(a - b, axis=-1)
+    diff = a - b
+    dist = np.sqrt(diff[..., 0] ** 2 + diff[..., 1] ** 2)  # the Euclidean norm, without a reduction over an axis of 2
     return (dist * both).sum(-1) / np.maximum(both.sum(-1), 1)
 
 
@@ -75,10 +76,10 @@ def track_two_persons(keypoint: np.ndarray, score: np.ndarray):
         return keypoint, score
     # Parity of the slot order at each frame where both are present, relative to the first such frame.
     a, b = both[:-1], both[1:]
-    keep = (_pose_distance(keypoint[0, b], visible[0, b], keypoint[0, a], visible[0, a])
-            + _pose_distance(keypoint[1, b], visible[1, b], keypoint[1, a], visible[1, a]))
-    swap = (_pose_distance(keypoint[0, b], visible[0, b], keypoint[1, a], visible[1, a])
-            + _pose_distance(keypoint[1, b], visible[1, b], keypoint[0, a], visible[0, a]))
+    # distance[i, j]: slot i at each such frame to slot j at the one before, all four pairs at once [2, 2, n]
+    distance = _pose_distance(keypoint[:, None, b], visible[:, None, b], keypoint[None, :, a], visible[None, :, a])
+    keep = distance[0, 0] + distance[1, 1]
+    swap = distance[0, 1] + distance[1, 0]
     parity_both = np.concatenate([[0], np.cumsum(swap < keep) % 2])
     # Every frame refers to the latest both-present frame (or the first one, before it).
     ref_pos = np.clip(np.searchsorted(both, np.arange(keypoint.shape[1]), side="right") - 1, 0, None)
@@ -90,13 +91,19 @@ def track_two_persons(keypoint: np.ndarray, score: np.ndarray):
         t = np.flatnonzero(single)
         slot = np.where(present[0, t], 0, 1)
         pose, pose_visible = keypoint[slot, t], visible[slot, t]
-        to_slot0 = _pose_distance(pose, pose_visible, keypoint[0, ref[t]], visible[0, ref[t]])
-        to_slot1 = _pose_distance(pose, pose_visible, keypoint[1, ref[t]], visible[1, ref[t]])
+        to_slot0, to_slot1 = _pose_distance(pose, pose_visible, keypoint[:, ref[t]], visible[:, ref[t]])  # 2 x [n]
         track = (to_slot1 < to_slot0).astype(int) ^ swapped[t]  # the track it belongs to
         swapped[t] = track != slot
     order = np.stack([swapped.astype(int), 1 - swapped.astype(int)])  # [2, T]: source slot per track
     frames = np.arange(keypoint.shape[1])
     return keypoint[order, frames], score[order, frames]
+
+
+def select_and_track(keypoint: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two persons of highest total score, tracked (select_persons, track_two_persons), as float32: the
+    tracker's distances would overflow in float16 (Kinetics' precision)."""
+    keypoint, score = select_persons(keypoint, score)
+    return track_two_persons(keypoint.astype(np.float32, copy=False), score.astype(np.float32, copy=False))
 
 
 def resample_indices(num_frames: int, clip_len: int, rng: np.random.Generator = None) -> np.ndarray:
@@ -151,10 +158,11 @@ def crop_scale(clip: np.ndarray, scale_range, rng: np.random.Generator = None) -
     """Centre the bounding box of all confident joints (score != 0) and scale its longer side to span
     2 / ratio, ratio drawn from scale_range (its midpoint without rng); clip to [-1, 1].
     Fewer than 4 confident joints: all zeros. [M, T, V, 3] -> new array."""
-    valid = clip[..., :2][clip[..., 2] != 0]  # [P, 2]
-    if len(valid) < 4:
+    confident = clip[..., 2] != 0
+    x, y = clip[..., 0][confident], clip[..., 1][confident]  # [P] each (min / max over a [P, 2] axis 0 are slow)
+    if len(x) < 4:
         return np.zeros_like(clip)
-    lo, hi = valid.min(axis=0), valid.max(axis=0)
+    lo, hi = np.array([x.min(), y.min()]), np.array([x.max(), y.max()])
     ratio = rng.uniform(*scale_range) if rng is not None else 0.5 * (scale_range[0] + scale_range[1])
     size = (hi - lo).max() * ratio
     if size == 0:
@@ -184,16 +192,15 @@ def to_stream(clip: np.ndarray, stream: str) -> np.ndarray:
 
 def make_clip(keypoint: np.ndarray, score: np.ndarray, img_hw, clip_len: int, *,
               rng: np.random.Generator = None, random_move_on: bool = False, scale_range=(2.0, 2.0),
-              legacy_conf_order: bool = False, stream: str = "joint") -> np.ndarray:
-    """The whole pipeline (module docstring). rng None: the deterministic test pipeline.
+              legacy_conf_order: bool = False, stream: str = "joint", tracked: bool = False) -> np.ndarray:
+    """The whole pipeline (module docstring). rng None: the deterministic test pipeline. `tracked`: the
+    persons were selected and tracked already (`select_and_track`, as a Kinetics store holds them).
     keypoint [M, T, 17, 2] pixels, score [M, T, 17] -> float32 [2, clip_len, 17, 3]. A video in which
     nobody was detected (M = 0 or T = 0) gives all zeros, as crop_scale does for too few confident joints."""
     if keypoint.shape[0] == 0 or keypoint.shape[1] == 0:
         return np.zeros((NUM_PERSONS, clip_len, 17, 3), dtype=np.float32)
-    keypoint, score = select_persons(keypoint, score)
-    # float16 stores (Kinetics) would overflow in the tracker's distances
-    keypoint, score = keypoint.astype(np.float32, copy=False), score.astype(np.float32, copy=False)
-    keypoint, score = track_two_persons(keypoint, score)
+    if not tracked:
+        keypoint, score = select_and_track(keypoint, score)
     frames = resample_indices(keypoint.shape[1], clip_len, rng)
     xy = normalize_to_image(keypoint[:, frames].astype(np.float32), img_hw)  # [M, clip_len, 17, 2]
     xy, conf = coco_to_h36m(xy, score[:, frames].astype(np.float32), legacy_conf_order)

@@ -4,6 +4,10 @@ A PYSKL pickle is a dict with `split` ({name: [frame_dir, ...]}) and `annotation
 with `frame_dir`, `label`, `img_shape` (h, w), `total_frames`, `keypoint` [M, T, 17, 2] in COCO-17
 order and pixels, `keypoint_score` [M, T, 17]).
 
+The same layout holds NTU RGB+D 60 / 120, FineGYM, UCF101, HMDB51 and Diving48; Kinetics-400's pickle is
+a table of contents whose skeletons are in kpfiles (lib/data/kinetics.py packs those). A sample in which
+nobody was detected (no persons or no frames) is kept, and read as an all-zero clip.
+
 `load_store(path)` reads such a file with an unpickler that admits only builtins and numpy arrays,
 validates every sample, and packs the variable-length keypoints of all samples into one contiguous
 array with offsets (`SkeletonStore`). The packed arrays are written as .npy files to `.cache/` beside
@@ -11,7 +15,7 @@ the pickle and memory-mapped, so a second start takes well under a second, memor
 once, and DataLoader workers share the pages instead of copying them: a store pickles its mapped arrays
 as references to their files, so a worker started by the forkserver (lib/engine/runtime.data_loader) maps
 the same files instead of receiving a copy. The cache is rebuilt when the pickle's size or modification
-time changes.
+time (or, for Kinetics, a kpfile) changes.
 """
 import _compat_pickle
 import concurrent.futures
@@ -67,7 +71,7 @@ def read_pickle(path) -> dict:
     if not path.is_file():
         raise UserError(f"dataset pickle not found: {path}. Download it into {path.parent}/ "
                         "(see data/action/README.md) or write a synthetic stand-in with "
-                        f"'python -m lib.data.synthetic --preset demo|ntu60|ntu120 --out {path}'")
+                        f"'python -m lib.data.synthetic --preset demo|ntu60|ntu120|gym|ucf101|hmdb51|diving48|k400 --out {path}'")
     try:
         with open(path, "rb") as f:
             data = RestrictedUnpickler(f).load()
@@ -211,6 +215,7 @@ class SkeletonStore:
     frame_dir: np.ndarray  # str [S]
     splits: dict  # {split name: int64 array of sample indices}
     source: str = ""
+    tracked: bool = False  # persons already selected and tracked (preprocess.select_and_track), as Kinetics packs them
 
     def __len__(self) -> int:
         return len(self.label)
@@ -362,7 +367,7 @@ def open_packed(folder: Path, fingerprint: dict, path):
     for note in meta.get("notes", []):
         log.info(note)
     splits = {k: np.array(v, dtype=np.int64) for k, v in meta["splits"].items()}
-    return SkeletonStore(**arrays, splits=splits, source=str(path))
+    return SkeletonStore(**arrays, splits=splits, source=str(path), tracked=meta.get("tracked", False))
 
 
 # ---------------------------------------------------------------------------------------------------------
