@@ -116,7 +116,7 @@ def data_table(reports: dict[str, dict]) -> str:
     def cell(report, fn):
         try:
             return fn(report)
-        except KeyError:
+        except (KeyError, TypeError):  # not measured in this run
             return "-"
 
     rows_spec = [
@@ -128,6 +128,10 @@ def data_table(reports: dict[str, dict]) -> str:
         ("peak RSS of the parsing process / keypoint bytes",
          lambda r: f"{r['first_start']['packer_peak_rss'] / r['first_start']['raw_bytes']:.2f} x"),
         ("peak RSS of the caller at the first start", lambda r: f"{r['first_start']['peak_rss'] / MIB:.0f} MiB"),
+        ("peak RSS of the parsing process", lambda r: f"{r['first_start']['packer_peak_rss'] / MIB:,.0f} MiB"),
+        ("private memory (RssAnon) of the caller when ready", lambda r: f"{r['second_start']['anon_rss'] / MIB:.0f} MiB"),
+        ("the store on disk", lambda r: f"{r['store_bytes'] / 2**30:.2f} GiB"),
+        ("kpfiles (Kinetics)", lambda r: f"{r['kpfiles']['files']:,} files, {r['kpfiles']['bytes'] / 2**30:.2f} GiB"),
         ("later start: ready, peak RSS", lambda r: f"{r['second_start']['seconds']:.2f} s, "
                                                    f"{r['second_start']['peak_rss'] / MIB:.0f} MiB"),
         ("RSS once every keypoint is read / keypoint bytes",
