@@ -300,3 +300,40 @@ def test_synthetic_cli_writes_kinetics_as_a_table_of_contents_and_kpfiles(tmp_pa
     skeletons = kpfile[ann["frame_dir"]]["keypoint"]
     assert skeletons.dtype == np.float16 and skeletons.shape == (len(ann["frame_inds"]), 17, 3)
     assert len(ann["box_score"]) == len(ann["frame_inds"]) and (np.diff(ann["frame_inds"]) >= 0).all()
+
+
+def test_every_command_on_the_kinetics_table_of_contents(data, tmp_path):
+    """Pretrain, finetune from backbone.bin, evaluate two streams and fuse them, export to ONNX, classify a
+    pickle sample with ONNX Runtime and draw heatmaps: the commands of the README on Kinetics' format."""
+    sets = [a for s in [f"data_root={data}", *TINY] for a in ("--set", s)]
+
+    def ok(script, *argv):
+        result = run_script(script, [*argv, *sets])
+        assert result.returncode == 0, f"{script}: {result.stderr[-3000:]}"
+        return result
+
+    ok("pretrain_action.py", "--config", "configs/pretrain/pretrain_k400_small.yaml", "--checkpoint", tmp_path / "pre",
+       "--set", "segment=4", "--set", "decoder_dim=16", "--set", "decoder_heads=2", "--set", "decoder_depth=1",
+       "--set", "picture_clips=0")
+    finetune = ["--config", "configs/action/ft_k400_small.yaml"]
+    ok("train_action.py", *finetune, "--checkpoint", tmp_path / "joint", "--backbone_ckpt", tmp_path / "pre" / "backbone.bin")
+    ok("train_action.py", *finetune, "--checkpoint", tmp_path / "bone", "--backbone_ckpt", tmp_path / "pre" / "backbone.bin",
+       "--set", "stream=bone")
+    for stream in ("joint", "bone"):
+        ok("evaluate_action.py", *finetune, "--evaluate", tmp_path / stream / "best_epoch.bin", "--set",
+           f"stream={stream}", "--save-scores", tmp_path / f"{stream}.npz")
+    ok("evaluate_action.py", *finetune, "--ensemble", tmp_path / "joint.npz", tmp_path / "bone.npz",
+       "--out-dir", tmp_path / "fused")
+    fused = json.loads((tmp_path / "fused" / "metrics.json").read_text())
+    assert fused["samples"] == len(open_store(data_config(data, "k400")).splits["val"])
+    ok("deployment/deployment_action.py", *finetune, "--evaluate", tmp_path / "joint" / "best_epoch.bin",
+       "--deployment", tmp_path / "k400.onnx")
+    store = load_store(data / "k400_hrnet.pkl")
+    sample = store.frame_dir[int(np.argmax(store.persons))]
+    result = subprocess.run([sys.executable, "deployment/infer_action.py", "--onnx", tmp_path / "k400.onnx",
+                             "--pickle", data / "k400_hrnet.pkl", "--sample", sample], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "true class:" in result.stdout, result.stderr[-2000:]
+    ok("vis_action_attn.py", *finetune, "--evaluate", tmp_path / "joint" / "best_epoch.bin", "--attn-dir",
+       tmp_path / "vis")
+    assert any((tmp_path / "vis").rglob("*.png"))
