@@ -26,7 +26,7 @@ import yaml
 from lib.cli import run_main
 from lib.config import Config, apply_mapping, read_yaml, validate
 from lib.data.keypoint_files import DEFAULT_IMG_SHAPE, read_array_file, read_json_file
-from lib.data.pyskl import _check_annotation
+from lib.data.pyskl import check_annotation
 from lib.data.synthetic import write_pickle
 from lib.errors import UserError
 
@@ -219,7 +219,7 @@ def build(args) -> tuple[dict, list[str], str]:
     data_split, splits = assign_splits(rows, labels, classes, column, args.val_fraction, args.seed, args.labels)
     files = [find_file(args.keypoints, row.name, f"{args.labels}:{row.line}") for row in rows]
     annotations = []
-    for i, (row, label, path) in enumerate(zip(rows, labels, files)):
+    for row, label, path in zip(rows, labels, files):
         read = read_json_file if path.suffix == ".json" else read_array_file
         sample = read(path, tuple(args.img_shape))
         if not sample.score.any():
@@ -229,7 +229,7 @@ def build(args) -> tuple[dict, list[str], str]:
                       "original_shape": sample.img_hw, "total_frames": sample.keypoint.shape[1],
                       "keypoint": sample.keypoint,  # float32 [M, T, 17, 2]
                       "keypoint_score": sample.score}  # float32 [M, T, 17]
-        _check_annotation(annotation, i, path)
+        check_annotation(annotation, path)
         annotations.append(annotation)
     return {"split": splits, "annotations": annotations}, classes, data_split
 

@@ -151,7 +151,7 @@ def _check_image_shape(value, path, name, key: str):
         raise UserError(f"{path}: sample {name} has {key} {_show(value)}, {expected}")
 
 
-def _check_annotation(ann, path) -> tuple[np.ndarray, np.ndarray]:
+def check_annotation(ann, path) -> tuple[np.ndarray, np.ndarray]:
     """Validate one annotation; return its (keypoint [M, T, 17, 2], keypoint_score [M, T, 17]).
 
     Every number of a sample must be real: keypoint and keypoint_score integer or floating-point arrays,
@@ -320,7 +320,7 @@ def pack_to_folder(data: dict, path, folder: Path, fingerprint: dict):
     into `folder` (the layout `open_packed` maps)."""
     annotations = data["annotations"]
     frame_dir, splits, notes = check_splits(data, path)
-    checked = [_check_annotation(ann, path) for ann in annotations]
+    checked = [check_annotation(ann, path) for ann in annotations]
     notes += empty_note(path, frame_dir, np.array([not score.any() for _, score in checked]))
     persons = np.array([kp.shape[0] for kp, _ in checked], dtype=np.int32)
     frames = np.array([kp.shape[1] for kp, _ in checked], dtype=np.int32)
