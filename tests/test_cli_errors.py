@@ -98,13 +98,13 @@ def test_nan_keypoints_name_the_sample(demo_data, write):
 
 def test_label_outside_the_class_count(demo_data, write):
     result = run_summary(*data_args(write(demo_data)), "--set", "action_classes=10")
-    assert_one_line_error(result, "outside 0..9", "action_classes")
+    assert_one_line_error(result, "outside the labels 0..9", "action_classes")
 
 
 def test_unknown_split(demo_data, write):
     data = dict(demo_data, split={k: v for k, v in demo_data["split"].items() if k.startswith("xsub")})
     result = run_summary(*data_args(write(data)), "--set", "data_split=xview")
-    assert_one_line_error(result, "split 'xview_train' is not in", "xsub_train, xsub_val")
+    assert_one_line_error(result, "data_split 'xview' needs the splits xview_train and xview_val", "it has xsub_train, xsub_val", "its data_split values: xsub")
 
 
 def test_config_typo_and_bad_value():
