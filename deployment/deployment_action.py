@@ -88,7 +88,7 @@ def export_and_check(args, cfg, path: Path):
     """Export to `path` and check the ONNX model against PyTorch; a model that fails the check is a
     UserError (and the caller removes `path`: a refused export leaves no file behind)."""
     trained = load_trained(cfg, args.evaluate, single_clip=True)  # the exported model sees one clip at a time
-    val = trained.val_set
+    val, cfg = trained.val_set, trained.cfg
     exported = export_onnx(trained.model, cfg, trained.class_names, path, args.layout, args.quantize)
     onnx_model = OnnxActionModel(path)
     inputs = onnx_model.session.get_inputs()[0]

@@ -692,11 +692,22 @@ def test_evaluate_without_evaluate_flag():
     assert_one_line_error(result.returncode, result.stderr, "--evaluate")
 
 
-def test_evaluate_a_checkpoint_of_another_architecture(reference):
-    overrides = [s for s in reference["overrides"] if not s.startswith("dim_rep=")] + ["dim_rep=32"]
-    ckpt = reference["dir"] / "latest_epoch.bin"
-    result = run_script("evaluate_action.py", evaluate_argv("train_NTU60_xsub_small", ckpt, overrides=overrides))
-    assert_one_line_error(result.returncode, result.stderr, str(ckpt), "does not fit")
+MODEL_OVERRIDES = ("dim_rep=", "depth=", "num_heads=", "maxlen=", "hidden_dim=", "clip_len=")
+
+
+@pytest.mark.parametrize("model_sets", [[], ["dim_rep=32", "depth=3"]], ids=["no model overrides", "other ones"])
+def test_evaluation_builds_the_model_the_checkpoint_was_trained_with(evaluation, reference, tmp_path, model_sets):
+    # The run trained a tiny model on 8-frame clips through --set; evaluating it needs only the data settings: the
+    # model settings saved in the checkpoint win over the config's (and over other --set values), the clip length
+    # too where the config's is longer than the model takes, and the log says so.
+    data_only = [s for s in reference["overrides"] if not s.startswith(MODEL_OVERRIDES)] + model_sets
+    out = tmp_path / "eval"
+    argv = evaluate_argv("train_NTU60_xsub_small", evaluation["ckpt"], overrides=data_only) + ["--out-dir", out]
+    result = run_script("evaluate_action.py", argv)
+    assert_ok(result)
+    assert "using the checkpoint's: model.dim_rep=16 (config: " in result.stdout + result.stderr
+    assert np.array_equal(np.load(out / "predictions.npz")["logits"],
+                          np.load(evaluation["dir"] / "predictions.npz")["logits"])
 
 
 def test_evaluate_a_missing_checkpoint(reference, tmp_path, monkeypatch, capsys):

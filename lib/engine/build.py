@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lib.config import Config
+from lib.config import Config, apply_mapping, validate
 from lib.data.dataset import ActionDataset, open_store
 from lib.data.labels import class_names
-from lib.engine.checkpoint import load_model_weights
+from lib.engine.checkpoint import load_checkpoint, load_model_weights
 from lib.model.action import ActionNet, build_model
 from lib.model.backbone import BackboneConfig
 
@@ -32,18 +32,56 @@ def action_model(cfg: Config) -> ActionNet:
                        embed_dim=m.embed_dim if m.model_version == "embed" else None)
 
 
+# Model settings that say how attention is computed, not what the weights are: the given config's stay.
+RUNTIME_MODEL_KEYS = {"attention"}
+
+
+def with_checkpoint_model(cfg: Config, checkpoint) -> Config:
+    """`cfg` with the model settings (sections model and hyper) that a checkpoint of ours was trained with, so
+    that evaluating, drawing or exporting a run needs none of its --set overrides again; the config and --set
+    still give the data and evaluation settings. Where the two disagree, the checkpoint wins and one log line
+    names the keys. Published and converted checkpoints hold no config: `cfg` as it is."""
+    state = load_checkpoint(checkpoint)
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        return cfg
+    trained = Config()
+    for section in ("model", "hyper"):  # keys that this version no longer has are left out
+        known = {f.name for f in dataclasses.fields(getattr(trained, section))}
+        values = saved.get(section) if isinstance(saved.get(section), dict) else {}
+        apply_mapping(trained, {key: value for key, value in values.items() if key in known}, str(checkpoint),
+                      default_section=section)
+    for key in RUNTIME_MODEL_KEYS:
+        setattr(trained.model, key, getattr(cfg.model, key))
+    changed = [f"{section}.{key}={value!r} (config: {getattr(getattr(cfg, section), key)!r})"
+               for section in ("model", "hyper") for key, value in vars(getattr(trained, section)).items()
+               if getattr(getattr(cfg, section), key) != value]
+    data = cfg.data
+    saved_clip_len = saved.get("data", {}).get("clip_len") if isinstance(saved.get("data"), dict) else None
+    if data.clip_len > trained.model.maxlen and isinstance(saved_clip_len, int):  # clips the model cannot take
+        changed.append(f"data.clip_len={saved_clip_len} (config: {data.clip_len}, longer than model.maxlen)")
+        data = dataclasses.replace(data, clip_len=saved_clip_len)
+    if not changed:
+        return cfg
+    log.info(f"{checkpoint} was trained with other model settings than the config; using the checkpoint's: "
+             f"{', '.join(changed)}")
+    return validate(dataclasses.replace(cfg, data=data, model=trained.model, hyper=trained.hyper))
+
+
 @dataclass
 class Trained:
     model: ActionNet  # in eval mode, on the device
     val_set: ActionDataset  # the config's validation split
     class_names: list[str]
+    cfg: Config  # the config with the checkpoint's model settings (with_checkpoint_model)
 
 
 def load_trained(cfg: Config, checkpoint, device: torch.device = torch.device("cpu"), micro_batch: int = 0,
                  single_clip: bool = False, split: str = None) -> Trained:
-    """The config's model with the weights of `checkpoint` (ours, converted or published; anything that does
-    not fit is a one-line error), in eval mode on `device`, with the validation split of the config (or
+    """The config's model (with the checkpoint's own model settings, `with_checkpoint_model`) with the weights
+    of `checkpoint` (ours, converted or published; anything that does not fit is a one-line error), in eval mode on `device`, with the validation split of the config (or
     `split`; `single_clip`: one evenly spaced clip per sample, whatever data.num_clips says) and its class names."""
+    cfg = with_checkpoint_model(cfg, checkpoint)
     data = dataclasses.replace(cfg.data, num_clips=1) if single_clip else cfg.data
     val_set = ActionDataset(open_store(cfg.data), data, train=False, seed=cfg.train.seed, split=split)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
@@ -51,4 +89,4 @@ def load_trained(cfg: Config, checkpoint, device: torch.device = torch.device("c
     note = load_model_weights(model, checkpoint)
     if note:
         log.info(note)
-    return Trained(model.set_micro_batch(micro_batch).to(device).eval(), val_set, names)
+    return Trained(model.set_micro_batch(micro_batch).to(device).eval(), val_set, names, cfg)

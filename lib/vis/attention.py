@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from lib import skeleton
 from lib.config import Config
 from lib.data.dataset import ActionDataset
-from lib.engine.build import load_trained
+from lib.engine.build import load_trained, with_checkpoint_model
 from lib.engine.runtime import keep_freed_memory, pick_device, setup_logging
 from lib.errors import UserError
 from lib.model.hypergraph import incidence_matrix
@@ -380,8 +380,9 @@ def sample_panels(cfg: Config, opts: VisOptions, raw: dict, clip: np.ndarray) ->
 def visualise_attention(cfg: Config, checkpoint, opts: VisOptions) -> list[Path]:
     """Render the attention of `checkpoint` on the chosen validation samples of the config into
     {attn_dir}/{index:05d}_{frame_dir}/; print one line per sample; return the folders."""
-    check_options(opts, cfg)
     setup_logging()
+    cfg = with_checkpoint_model(cfg, checkpoint)
+    check_options(opts, cfg)
     keep_freed_memory()
     device = pick_device(cfg.train.device)
     trained = load_trained(cfg, checkpoint, device, single_clip=True)  # maps of the evenly spaced test clip
