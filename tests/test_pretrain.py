@@ -326,12 +326,20 @@ def test_finetuning_from_backbone_bin_loads_every_backbone_tensor(pretrained, da
     assert f"{count} loaded, 0 missing, 0 unexpected, 0 with another shape" in (out / "run_action.log").read_text()
 
 
-def test_backbone_bin_with_other_settings_is_a_one_line_error(pretrained, data, tmp_path, monkeypatch, capsys):
-    argv = finetune_argv(data, tmp_path / "ft", "epochs=1", "finetune=true", "depth=2",
+def test_finetuning_builds_the_backbone_that_backbone_bin_was_pretrained_with(pretrained, data, tmp_path,
+                                                                             monkeypatch, capsys):
+    # The config asks for depth 2 and 32 channels; backbone.bin was pretrained at depth 1 with 16: its settings
+    # win (one log line), the saved config says so, and every backbone tensor loads.
+    out = tmp_path / "ft"
+    argv = finetune_argv(data, out, "epochs=1", "finetune=true", "depth=2", "dim_rep=32",
                          f"backbone_ckpt={pretrained / 'backbone.bin'}")
-    assert run(train_action.main, argv, monkeypatch) == 2
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "pretrained with depth = 1, but this model has depth = 2" in error
+    assert run(train_action.main, argv, monkeypatch) == 0
+    assert "using its: dim_rep=16 (config: 32), depth=1 (config: 2)" in capsys.readouterr().out
+    log = (out / "run_action.log").read_text()
+    count = len(torch.load(pretrained / "backbone.bin", weights_only=True)["backbone"])
+    assert f"{count} loaded, 0 missing, 0 unexpected, 0 with another shape" in log
+    saved = load_yaml_config(out / "config.yaml")
+    assert (saved.model.depth, saved.model.dim_rep) == (1, 16)
 
 
 def test_labels_are_never_read_and_the_validation_split_never_touched(data, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import torch
 from lib.config import Config, apply_mapping, validate
 from lib.data.dataset import ActionDataset, open_store
 from lib.data.labels import class_names
-from lib.engine.checkpoint import load_checkpoint, load_model_weights
+from lib.engine.checkpoint import BACKBONE_SETTING_KEYS, load_checkpoint, load_model_weights
 from lib.model.action import ActionNet, build_model
 from lib.model.backbone import BackboneConfig
 
@@ -66,6 +66,41 @@ def with_checkpoint_model(cfg: Config, checkpoint) -> Config:
     log.info(f"{checkpoint} was trained with other model settings than the config; using the checkpoint's: "
              f"{', '.join(changed)}")
     return validate(dataclasses.replace(cfg, data=data, model=trained.model, hyper=trained.hyper))
+
+
+def with_backbone_of(cfg: Config, backbone_ckpt) -> Config:
+    """Finetuning: `cfg` with the backbone settings (those that shape its weights, BACKBONE_SETTING_KEYS) that
+    `backbone_ckpt` was trained with: a backbone.bin of pretrain_action.py, or a training checkpoint of ours.
+    Where they differ from the config's, the checkpoint wins and one log line names them; the head and every
+    other setting stay the config's. A published or converted checkpoint holds none: `cfg` as it is."""
+    state = load_checkpoint(backbone_ckpt)
+    if not isinstance(state, dict):
+        return cfg
+    if isinstance(state.get("backbone_config"), dict):
+        saved = state["backbone_config"]
+        values = {key: saved[name] for name, key in BACKBONE_SETTING_KEYS.items() if name in saved}
+        if "version" in values:  # with_hypergraph
+            values["version"] = 2 if values["version"] else 1
+        if "hyper.joint_label" in values:  # the backbone's one labelling
+            values["hyper.joint_label"] = [list(values["hyper.joint_label"])]
+    elif isinstance(state.get("config"), dict):
+        flat = {f"{section}.{key}": value for section in ("model", "hyper")
+                for key, value in (state["config"].get(section) or {}).items()}
+        values = {key: flat[name] for key in BACKBONE_SETTING_KEYS.values()
+                  if (name := key if "." in key else f"model.{key}") in flat}
+    else:
+        return cfg
+    current = {key: getattr(cfg.hyper, key[6:]) if key.startswith("hyper.") else getattr(cfg.model, key)
+               for key in values}
+    changed = {key: value for key, value in values.items() if current[key] != value}
+    if not changed:
+        return cfg
+    log.info(f"{backbone_ckpt} was trained with other backbone settings than the config; using its: "
+             + ", ".join(f"{key}={value!r} (config: {current[key]!r})" for key, value in changed.items()))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), hyper=dataclasses.replace(cfg.hyper))
+    apply_mapping(cfg, {"model": {k: v for k, v in changed.items() if "." not in k},
+                        "hyper": {k[6:]: v for k, v in changed.items() if k.startswith("hyper.")}}, str(backbone_ckpt))
+    return validate(cfg)
 
 
 @dataclass
