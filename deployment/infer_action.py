@@ -134,7 +134,7 @@ def render(args, extraction, results, class_names):
     keypoints = extraction.keypoints
     render_video(FrameSource(args.video), keypoints.keypoint, keypoints.score, results, writer)
     timeline = out.with_name(f"{out.stem}_timeline.png")
-    draw_timeline(results, class_names, extraction.fps, timeline)
+    draw_timeline(results, class_names, extraction.fps, timeline, f"{Path(args.video).name}: {Path(args.onnx).name}")
     return str(out), str(timeline)
 
 

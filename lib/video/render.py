@@ -74,9 +74,10 @@ def render_video(frames, keypoint: np.ndarray, score: np.ndarray, predictions: l
     return count
 
 
-def draw_timeline(predictions: list, class_names: list, fps: float, path, num_classes: int = 5):
+def draw_timeline(predictions: list, class_names: list, fps: float, path, title: str, num_classes: int = 5):
     """A PNG of the probability (of a gallery's classes: the cosine similarity) of the `num_classes` classes
-    that reach the highest value, against the time of each window's centre."""
+    that reach the highest value, against the time of each window's centre, under `title` (the video and
+    the model)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -93,6 +94,7 @@ def draw_timeline(predictions: list, class_names: list, fps: float, path, num_cl
     ax.set_ylabel("probability" if key == "probabilities" else "cosine similarity")
     ax.set_ylim(0 if key == "probabilities" else -1, 1)
     ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
