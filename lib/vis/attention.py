@@ -35,7 +35,9 @@ DPI = 100
 MAP_PX = (640, 560)  # joint, hyperedge and temporal maps
 SKELETON_PX = (520, 560)
 MEMBERSHIP_PX = (440, 560)
-SHEET_CELL_PX = (380, 340)  # one panel of the contact sheet
+# One panel of the contact sheet: as large as a single map, with the same fonts, so that the tick labels
+# (17 joint names) stay readable at the published depth of 6 layers.
+SHEET_CELL_PX = MAP_PX
 SHEET_TITLE_PX = 80  # the band for the sheet's two-line title
 CMAP = "Reds"
 
@@ -200,7 +202,6 @@ class Margins:
 
 
 SINGLE = Margins(font=9, left=118, bottom=122, right=92, top=80, bar=14, gap=10)
-SHEET = Margins(font=6, left=80, bottom=82, right=64, top=54, bar=9, gap=6)
 
 
 def cell_axes(fig, cell, m: Margins):
@@ -301,7 +302,7 @@ def save_sheet(panels: list[Panel], size_px: tuple, title: str, path: Path):
     fig = new_figure(size_px)
     for panel in panels:
         cell = (panel.column * cell_w, grid_h - (panel.row + panel.row_span) * cell_h, cell_w, panel.row_span * cell_h)
-        panel.draw(*cell_axes(fig, cell, SHEET), SHEET.font)
+        panel.draw(*cell_axes(fig, cell, SINGLE), SINGLE.font)
     text = fig.text(0.5, 1 - 10 / size_px[1], title, ha="center", va="top", fontsize=SINGLE.font + 2)
     fit_text(text, size_px[0] - 20, SHEET_TITLE_PX - 14)
     fig.savefig(path, dpi=DPI)
