@@ -36,12 +36,13 @@ def action_model(cfg: Config) -> ActionNet:
 RUNTIME_MODEL_KEYS = {"attention"}
 
 
-def with_checkpoint_model(cfg: Config, checkpoint) -> Config:
+def with_checkpoint_model(cfg: Config, checkpoint, state=None) -> Config:
     """`cfg` with the model settings (sections model and hyper) that a checkpoint of ours was trained with, so
     that evaluating, drawing or exporting a run needs none of its --set overrides again; the config and --set
     still give the data and evaluation settings. Where the two disagree, the checkpoint wins and one log line
-    names the keys. Published and converted checkpoints hold no config: `cfg` as it is."""
-    state = load_checkpoint(checkpoint)
+    names the keys. Published and converted checkpoints hold no config: `cfg` as it is. `state`: the
+    checkpoint's content when already loaded."""
+    state = load_checkpoint(checkpoint) if state is None else state
     saved = state.get("config") if isinstance(state, dict) else None
     if not isinstance(saved, dict):
         return cfg
@@ -114,14 +115,16 @@ class Trained:
 def load_trained(cfg: Config, checkpoint, device: torch.device = torch.device("cpu"), micro_batch: int = 0,
                  single_clip: bool = False, split: str = None) -> Trained:
     """The config's model (with the checkpoint's own model settings, `with_checkpoint_model`) with the weights
-    of `checkpoint` (ours, converted or published; anything that does not fit is a one-line error), in eval mode on `device`, with the validation split of the config (or
-    `split`; `single_clip`: one evenly spaced clip per sample, whatever data.num_clips says) and its class names."""
-    cfg = with_checkpoint_model(cfg, checkpoint)
+    of `checkpoint` (ours, converted or published; anything that does not fit is a one-line error), in eval
+    mode on `device`, with the validation split of the config (or `split`; `single_clip`: one evenly spaced
+    clip per sample, whatever data.num_clips says) and its class names."""
+    state = load_checkpoint(checkpoint)
+    cfg = with_checkpoint_model(cfg, checkpoint, state)
     data = dataclasses.replace(cfg.data, num_clips=1) if single_clip else cfg.data
     val_set = ActionDataset(open_store(cfg.data), data, train=False, seed=cfg.train.seed, split=split)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)
     model = action_model(cfg)
-    note = load_model_weights(model, checkpoint)
+    note = load_model_weights(model, checkpoint, state)
     if note:
         log.info(note)
     return Trained(model.set_micro_batch(micro_batch).to(device).eval(), val_set, names, cfg)

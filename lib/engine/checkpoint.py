@@ -131,10 +131,11 @@ def _layout_hint(state_dict: dict, model: nn.Module) -> str:
     return "; check --version, --hyper_cfg and the model keys of the config (dim_rep, depth, num_heads, maxlen)"
 
 
-def load_model_weights(model: nn.Module, path) -> str:
-    """Load a whole model's weights from a checkpoint of ours, a converted or a published one. Anything
-    that does not fit exactly is a UserError. Returns a note to show ('' when there is none)."""
-    state_dict, note = read_state_dict(path)
+def load_model_weights(model: nn.Module, path, checkpoint=None) -> str:
+    """Load a whole model's weights from a checkpoint of ours, a converted or a published one (`checkpoint`:
+    the file's content when already loaded). Anything that does not fit exactly is a UserError. Returns a
+    note to show ('' when there is none)."""
+    state_dict, note = read_state_dict(path, checkpoint)
     report = match_state_dict(model.state_dict(), state_dict)
     if report.missing or report.unexpected or report.mismatched:
         raise UserError(f"checkpoint {path} does not fit this model: {report.summary()}"
