@@ -1,11 +1,13 @@
 # make setup: create .venv and install requirements; make demo: the whole toolkit on synthetic data;
-# make test: the test suite; make test-video: the real pose backends (Ultralytics YOLO, in .venv-video).
+# make test: the test suite; make yolo-pose: export YOLO11n-pose to ONNX for the yolo pose backend;
+# make test-video: the real pose backends on real images and videos.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-VIDEO_VENV := .venv-video
+YOLO_POSE := checkpoint/pose/yolo11n-pose.onnx
+YOLO_EXPORT := checkpoint/pose/.export-tools
 
-.PHONY: setup demo test test-video
+.PHONY: setup demo test yolo-pose test-video
 
 setup: $(VENV)/.installed
 
@@ -15,11 +17,14 @@ $(VENV)/.installed: requirements.txt requirements-video.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-video.txt
 	touch $@
 
-$(VIDEO_VENV)/.installed: requirements-yolo.txt
-	$(PYTHON) -m venv $(VIDEO_VENV)
-	$(VIDEO_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VIDEO_VENV)/bin/python -m pip install --quiet -r requirements-yolo.txt
-	touch $@
+# Ultralytics and torchvision only for the export, beside the project's torch; removed once it is written.
+$(YOLO_POSE): requirements-yolo.txt | setup
+	rm -rf $(YOLO_EXPORT)
+	$(PY) -m pip install --quiet --no-deps --target $(YOLO_EXPORT) -r requirements-yolo.txt
+	PYTHONPATH=$(YOLO_EXPORT) $(PY) deployment/export_yolo_pose.py --out $@
+	rm -rf $(YOLO_EXPORT)
+
+yolo-pose: $(YOLO_POSE)
 
 demo: setup
 	$(PY) -m lib.demo
@@ -27,6 +32,5 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# The ONNX model the tests classify with is trained and exported by the project's .venv.
-test-video: setup $(VIDEO_VENV)/.installed
-	PROJECT_PYTHON=$(PY) $(VIDEO_VENV)/bin/python -m pytest -q -rs tests/test_video_backends.py
+test-video: setup $(YOLO_POSE)
+	$(PY) -m pytest -q -rs tests/test_video_backends.py

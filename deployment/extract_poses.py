@@ -26,9 +26,9 @@ def parse_args(argv):
                    help="video files, folders of videos, or folders of images (one video each)")
     p.add_argument("--out", required=True, help="folder for the NAME.npz files")
     p.add_argument("--backend", default="rtmlib",
-                   help="pose estimator: rtmlib[:lightweight|balanced|performance] (default), yolo[:WEIGHTS] "
-                        "(AGPL-3.0, its own environment) or stand-in:PICKLE (tests)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda, for the estimator")
+                   help="pose estimator: rtmlib[:lightweight|balanced|performance] (default), yolo[:MODEL.onnx] "
+                        "(AGPL-3.0; make yolo-pose exports it) or stand-in:PICKLE (tests)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for the rtmlib estimator (yolo runs on the CPU)")
     p.add_argument("--max-persons", type=int, default=2,
                    help="keep the persons tracked with the highest total confidence (default 2, as the model)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of image folders (default 30)")

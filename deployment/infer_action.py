@@ -55,9 +55,9 @@ def parse_args(argv):
                    help="print the predictions as JSON (--stream: one JSON object a line, as they come)")
     video = p.add_argument_group("--video and --stream")
     video.add_argument("--backend", default="rtmlib",
-                       help="pose estimator: rtmlib[:MODE] (default), yolo[:WEIGHTS] or stand-in:PICKLE "
+                       help="pose estimator: rtmlib[:MODE] (default), yolo[:MODEL.onnx] or stand-in:PICKLE "
                             "(see deployment/extract_poses.py)")
-    video.add_argument("--device", default="cpu", help="cpu or cuda, for the pose estimator")
+    video.add_argument("--device", default="cpu", help="cpu or cuda, for the rtmlib pose estimator (yolo runs on the CPU)")
     video.add_argument("--max-persons", type=int, default=2, help="persons kept per window (default 2)")
     video.add_argument("--render", metavar="OUT.mp4",
                        help="with --video: write the video with the tracked skeletons and the top 3 classes of "

@@ -182,10 +182,10 @@ def test_bench_pretrain_targets_quick_reports_every_variant(tmp_path):
 
 
 def test_bench_video_quick_reports_extraction_and_streaming(tmp_path):
-    """The stand-in backend only (no .venv-video given): extraction frames/s and per-window latency."""
+    """The stand-in backend only (no yolo model given): extraction frames/s and per-window latency."""
     pytest.importorskip("cv2")
     out = tmp_path / "video.json"
-    result = run_benchmark("bench_video.py", "--video-python", tmp_path / "absent-python", "--out", out)
+    result = run_benchmark("bench_video.py", "--yolo-model", tmp_path / "absent.onnx", "--out", out)
     backends = json.loads(out.read_text())["backends"]
     stand_in = backends["stand-in"]
     assert stand_in["extraction"]["frames"] > 0 and stand_in["extraction"]["frames_per_second"] > 0
@@ -193,7 +193,7 @@ def test_bench_video_quick_reports_extraction_and_streaming(tmp_path):
     streaming = stand_in["streaming"]
     assert streaming["windows"] == (stand_in["extraction"]["frames"] - 16) // 8 + 1  # window 16, stride 8
     assert streaming["latency_ms_p90"] >= streaming["latency_ms_median"] >= streaming["model_ms_median"] > 0
-    assert backends["yolo"] == {"measured": False, "why": f"no {tmp_path / 'absent-python'} (make test-video)"}
+    assert backends["yolo"] == {"measured": False, "why": f"no {tmp_path / 'absent.onnx'} (make yolo-pose)"}
     assert backends["rtmlib"]["measured"] is False
     assert "stand-in  extraction" in result.stdout
 

@@ -176,7 +176,7 @@ def test_video_to_dataset_to_model_to_rendered_predictions(videos, extracted, tm
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--backend", "posenet"], "unknown pose backend 'posenet': use rtmlib[:MODE], yolo[:WEIGHTS] or stand-in:PICKLE"),
+    (["--backend", "posenet"], "unknown pose backend 'posenet': use rtmlib[:MODE], yolo[:MODEL] or stand-in:PICKLE"),
     (["--backend", "rtmlib:fast"], "rtmlib mode 'fast' is not one of lightweight, balanced, performance"),
     (["--backend", "stand-in"], "needs the synthetic pickle"),
     (["--videos", "absent.mp4"], "not found: absent.mp4"),
@@ -191,11 +191,16 @@ def test_extraction_mistakes_are_one_line_errors(videos, tmp_path, args, fragmen
     assert len(err) == 1 and fragment in err[0], err
 
 
-def test_a_missing_backend_package_names_its_install_command(videos, tmp_path, capsys):
-    for backend, install in (("rtmlib", "pip install -r requirements-rtmlib.txt"),
-                             ("yolo", "requirements-yolo.txt")):
-        if importlib.util.find_spec(backend if backend == "rtmlib" else "ultralytics"):
-            continue  # installed here: nothing to report
+def test_a_missing_backend_names_what_to_install_or_export(videos, tmp_path, capsys):
+    """rtmlib not installed: its requirements file; the yolo model not exported: make yolo-pose; a .pt given
+    to the yolo backend: the export command."""
+    cases = [("yolo:" + str(tmp_path / "absent.onnx"), "make yolo-pose exports it"),
+             ("yolo:" + str(tmp_path / "yolo11s-pose.pt"),
+              f"python deployment/export_yolo_pose.py --weights {tmp_path / 'yolo11s-pose.pt'} exports it")]
+    if not importlib.util.find_spec("rtmlib"):
+        cases.append(("rtmlib", "pip install -r requirements-rtmlib.txt"))
+    for backend, message in cases:
         assert run_main(extract_poses.main, ["--videos", str(videos["dir"]), "--out", str(tmp_path),
                                              "--backend", backend]) == 2
-        assert install in capsys.readouterr().err
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -1,5 +1,5 @@
 """Shared by the tests that call entry scripts in-process: tests/test_video.py, tests/test_deploy.py and
-tests/test_video_backends.py (which runs in .venv-video)."""
+tests/test_video_backends.py."""
 import importlib.util
 from pathlib import Path
 

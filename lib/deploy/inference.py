@@ -10,6 +10,7 @@ from lib.data.keypoint_files import Keypoints
 from lib.data.preprocess import ClipSettings
 from lib.errors import UserError
 from lib.fewshot.matching import UNKNOWN
+from lib.onnx_session import open_session
 
 UNKNOWN_NAME = "unknown"
 
@@ -18,19 +19,8 @@ class OnnxActionModel:
     """An exported action model with the settings stored in its metadata."""
 
     def __init__(self, path, threads: int = None):
-        import onnxruntime as ort
-
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"ONNX model not found: {path}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"cannot load ONNX model {path}: {' '.join(str(e).split())[:200]}") from None
+        self.session = open_session(path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if "class_names" not in meta:
             raise UserError(f"{path} was not exported by deployment/deployment_action.py (no class names in it)")

