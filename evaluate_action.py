@@ -9,7 +9,7 @@ from lib.fewshot.evaluate import evaluate_embedding, evaluate_gallery
 
 
 def main(argv=None):
-    parser = build_parser(__doc__)
+    parser = build_parser(__doc__, "evaluate")
     parser.add_argument("--out-dir", default=None,
                         help="folder for metrics.json, per_class.csv, confusion.png, predictions.npz "
                              "(default: <checkpoint stem>_eval beside the checkpoint)")

@@ -13,7 +13,7 @@ PICTURE = "reconstruction.png"
 
 
 def main(argv=None) -> int:
-    cfg, out, resume = training_run(build_parser(__doc__).parse_args(argv))
+    cfg, out, resume = training_run(build_parser(__doc__, "pretrain").parse_args(argv))
     status = train(MaskedMotionTask(cfg), cfg, out, resume)
     if status == 0 and cfg.pretrain.picture_clips and is_main_process():
         draw_reconstructions(cfg, Path(out) / "latest_epoch.bin", Path(out) / PICTURE, clips=cfg.pretrain.picture_clips)

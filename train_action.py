@@ -8,7 +8,7 @@ from lib.engine.train import train
 
 
 def main(argv=None) -> int:
-    cfg, out, resume = training_run(build_parser(__doc__).parse_args(argv))
+    cfg, out, resume = training_run(build_parser(__doc__, "train").parse_args(argv))
     if cfg.train.finetune and cfg.train.backbone_ckpt:
         cfg = with_backbone_of(cfg, cfg.train.backbone_ckpt)
     task = EmbeddingTask(cfg) if cfg.model.model_version == "embed" else ClassificationTask(cfg)

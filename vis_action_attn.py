@@ -8,7 +8,7 @@ from lib.vis.attention import VisOptions, visualise_attention
 
 
 def main(argv=None):
-    parser = build_parser(__doc__)
+    parser = build_parser(__doc__, "visualise")
     parser.add_argument("--samples", nargs="+", default=None, metavar="INDEX_OR_NAME",
                         help="validation-split sample indices and/or frame_dir names (default: the first sample)")
     parser.add_argument("--per-class", type=int, default=None, metavar="K",

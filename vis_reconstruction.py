@@ -9,7 +9,7 @@ from lib.vis.reconstruction import draw_reconstructions
 
 
 def main(argv=None):
-    parser = build_parser(__doc__)
+    parser = build_parser(__doc__, "reconstruct")
     parser.add_argument("--samples", nargs="+", default=None, metavar="INDEX_OR_NAME",
                         help="validation-split sample indices and/or frame_dir names (default: the first --clips)")
     parser.add_argument("--clips", type=int, default=3, help="how many clips without --samples (default: 3)")

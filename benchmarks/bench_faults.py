@@ -164,7 +164,7 @@ def time_checkpoint_save(work: Path, repeats: int) -> dict:
     from lib.engine.distributed import Distributed
     from lib.engine.train import Progress, make_optimizer, training_state
 
-    cfg = config_from_args(build_parser("").parse_args(SEED_ARGS + ["--device", "cpu"]))
+    cfg = config_from_args(build_parser("", "train").parse_args(SEED_ARGS + ["--device", "cpu"]))
     task = ClassificationTask(cfg)
     model = task.build_model(torch.device("cpu"), pretrained=False)
     optimizer, scheduler = make_optimizer(task.parameter_groups(model), cfg)

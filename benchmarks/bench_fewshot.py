@@ -1,5 +1,5 @@
 """Few-shot recognition of novel actions: on the synthetic NTU120 one-shot preset (lib/data/synthetic.py,
-ntu120_oneshot; the protocol of lib/fewshot/protocol.py), train on the auxiliary classes and recognise the 20
+ntu120_oneshot; the protocol of lib/data/oneshot.py), train on the auxiliary classes and recognise the 20
 novel ones from one or a few examples each, with three kinds of features per clip:
 
     embedding    (a) an embedding model (configs/oneshot/oneshot_demo.yaml, model_version embed), trained on
@@ -12,7 +12,7 @@ novel ones from one or a few examples each, with three kinds of features per cli
     raw          (c) the test clip itself ([2, T, 17, 3], normalised keypoints and confidences), flattened and
                  L2-normalised: nearest neighbour on the input
 
-each matched the same way (cosine similarity, lib/fewshot/matching.py) on the novel classes (oneshot_test):
+each matched the same way (cosine similarity, lib/engine/matching.py) on the novel classes (oneshot_test):
 the protocol's 1-shot top-1 (its named exemplars, lib.engine.embedding.split_exemplars), and 1-shot and
 5-shot top-1 over --draws random draws of the examples (k_shot_accuracy: nearest class mean), mean ± std.
 Then the time to build a gallery (lib/fewshot/gallery.py) of --gallery-per-class keypoint files (.npz) of
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine_info, machine_load, median_seconds, out_path, write_result  # noqa: E402
 from lib.data import synthetic  # noqa: E402
-from lib.fewshot.protocol import NOVEL_ACTIONS  # noqa: E402
+from lib.data.oneshot import NOVEL_ACTIONS  # noqa: E402
 
 CONFIG = "configs/oneshot/oneshot_demo.yaml"
 PRESET = "ntu120_oneshot"
@@ -145,7 +145,7 @@ def model_features(cfg, checkpoint: Path, device: torch.device, outputs):
 
 def raw_features(dataset) -> np.ndarray:
     """Each test clip as it enters the model, flattened and L2-normalised: [S, 2 * T * 17 * 3]."""
-    from lib.fewshot.matching import normalize
+    from lib.engine.matching import normalize
 
     return normalize(np.stack([dataset[i][0].reshape(-1) for i in range(len(dataset))]).astype(np.float32))
 
@@ -153,7 +153,7 @@ def raw_features(dataset) -> np.ndarray:
 def matching(cfg, features: np.ndarray, labels: np.ndarray, frame_dirs, draws: int, seed: int) -> dict:
     """The protocol's one-shot top-1 (named exemplars) and k-shot top-1 over random draws."""
     from lib.engine.embedding import split_exemplars
-    from lib.fewshot.matching import k_shot_accuracy, one_shot_accuracy
+    from lib.engine.matching import k_shot_accuracy, one_shot_accuracy
 
     exemplars = split_exemplars(cfg, labels, frame_dirs)
     named = one_shot_accuracy(features, labels, exemplars)

@@ -60,7 +60,7 @@ def agreement(exported, session, clips: np.ndarray, batch: int = 16) -> int:
 
 
 def main(argv=None):
-    parser = build_parser(__doc__.splitlines()[0])
+    parser = build_parser(__doc__.splitlines()[0], "export")
     parser.add_argument("--layout", choices=["NMTVC", "NTVC"], default="NMTVC",
                         help="NMTVC: pose2d [N, 2, T, 17, 3] (default); NTVC: one person, [N, T, 17, 3]")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (fp32)")

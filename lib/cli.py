@@ -9,12 +9,22 @@ from lib.config import Config, load_yaml_config
 from lib.errors import PeerFailure, UserError
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The published flags of train_action.py, evaluate_action.py, vis_action_attn.py and
-    deployment/deployment_action.py, plus our additions. Scripts add their own flags to the result."""
+# The checkpoint that each command reads with --evaluate (the published flag), for its help
+CHECKPOINT_ROLES = {"evaluate": "checkpoint to evaluate", "visualise": "checkpoint whose attention to draw",
+                    "reconstruct": "pretraining checkpoint whose reconstructions to draw",
+                    "export": "checkpoint to export"}
+COMMANDS = ("train", "pretrain", "summary", *CHECKPOINT_ROLES)
+
+
+def build_parser(description: str, command: str) -> argparse.ArgumentParser:
+    """The flags of one command: the published flags that build the config (all commands), plus what the
+    command uses. train and pretrain: --checkpoint and -r (train also --backbone_ckpt); evaluate,
+    visualise, reconstruct and export: --evaluate CKPT (export also --deployment); all but summary:
+    --device. Scripts add their own flags to the result."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}: one of {COMMANDS}")
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="task YAML, e.g. configs/action/train_NTU60_xsub_small.yaml")
-    p.add_argument("-c", "--checkpoint", default=None, help="output folder of a training run")
     p.add_argument("--hyper_cfg", default=None,
                    help="hypergraph YAML (joint labels), e.g. hyper_config/method2/manual_joint_label1.yaml; "
                         "default: manual_joint_label1")
@@ -22,13 +32,20 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="initial joint-to-joint bias: skeleton adjacency (uniform) or identity (none)")
     p.add_argument("--version", type=int, choices=[1, 2], default=None,
                    help="2: full model with the hypergraph branch; 1: without it")
-    p.add_argument("-r", "--resume", default=None,
-                   help="checkpoint to resume training from, or 'auto': the output folder's latest_epoch.bin when "
-                        "it exists, else a fresh start (for clusters: requeued jobs, torchrun --max-restarts)")
-    p.add_argument("--evaluate", default=None, help="checkpoint to evaluate, visualise or export")
-    p.add_argument("--deployment", default=None, help="output path of the ONNX model")
-    p.add_argument("--backbone_ckpt", default=None, help="pretrained backbone for finetuning (overrides the YAML)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    if command in ("train", "pretrain"):
+        p.add_argument("-c", "--checkpoint", default=None, help="output folder of this run (checkpoints, logs)")
+        p.add_argument("-r", "--resume", default=None,
+                       help="checkpoint to resume training from, or 'auto': the output folder's latest_epoch.bin "
+                            "when it exists, else a fresh start (for clusters: requeued jobs, torchrun --max-restarts)")
+    if command == "train":
+        p.add_argument("--backbone_ckpt", default=None,
+                       help="pretrained backbone for finetuning (ft_* configs; overrides the YAML)")
+    if command in CHECKPOINT_ROLES:
+        p.add_argument("--evaluate", default=None, metavar="CKPT", help=CHECKPOINT_ROLES[command])
+    if command == "export":
+        p.add_argument("--deployment", default=None, metavar="OUT.onnx", help="output path of the ONNX model")
+    if command != "summary":
+        p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, value parsed as YAML; repeatable; dotted keys for sections, "
@@ -40,8 +57,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     flags = {
         "model.version": args.version,
         "model.hyper_relation_bias": args.hyper_relation_bias,
-        "train.backbone_ckpt": args.backbone_ckpt,
-        "train.device": args.device,
+        "train.backbone_ckpt": getattr(args, "backbone_ckpt", None),  # train_action.py only
+        "train.device": getattr(args, "device", None),  # not in the summary
         "train.seed": args.seed,
     }
     return load_yaml_config(args.config, args.hyper_cfg, flags, args.overrides)
@@ -52,8 +69,6 @@ def training_run(args: argparse.Namespace) -> tuple[Config, str, str]:
     pretrain_action.py), with its one-line errors."""
     if not args.checkpoint:
         raise UserError("--checkpoint DIR is required: the folder for this run's checkpoints and logs")
-    if args.evaluate:
-        raise UserError("training does not evaluate; use evaluate_action.py --evaluate CKPT")
     return config_from_args(args), args.checkpoint, args.resume
 
 

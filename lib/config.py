@@ -46,7 +46,7 @@ class DataConfig:
     # The protocol (lib.data.dataset.protocol_splits): xsub, xview (NTU60), xset (NTU120): splits {data_split}_train
     # and _val; split1, split2, split3 (UCF101, HMDB51): trainN and testN; official (FineGYM, Diving48,
     # Kinetics-400): train and val or test; custom: the splits lib/data/build_dataset.py wrote; oneshot: the
-    # NTU120 one-shot protocol's splits, derived from the pickle (lib/fewshot/protocol.py).
+    # NTU120 one-shot protocol's splits, derived from the pickle (lib/data/oneshot.py).
     data_split: str = "xsub"
     # Kinetics-400 (lib/data/kinetics.py): the folder of the unzipped kpfiles (null: {data_root}/kpfiles), and
     # PYSKL's box_thr: skeletons whose detection box scored lower are dropped (null: all are kept).
@@ -98,7 +98,7 @@ class ModelConfig:
     dropout_ratio: float = field(default=0.5, metadata=_range(0, 1, hi_open=True))
     hidden_dim: int = field(default=1024, metadata=_range(1))
     # class: the classification head (the published default); embed: an L2-normalised embedding of
-    # embed_dim numbers, trained with a supervised contrastive loss (lib/fewshot/, README "Teach it new actions")
+    # embed_dim numbers, trained with a supervised contrastive loss (lib/engine/embedding.py, docs/fewshot.md)
     model_version: Literal["class", "embed"] = "class"
     embed_dim: int = field(default=128, metadata=_range(1))
     num_joints: Literal[17] = 17
@@ -289,7 +289,7 @@ OTHER_TOOLKITS_NAMES = {"lr": ["lr_backbone", "lr_head"], "learning_rate": ["lr_
 def _unknown_key(key: str, source: str) -> UserError:
     close = OTHER_TOOLKITS_NAMES.get(key.rsplit(".", 1)[-1]) or difflib.get_close_matches(key, ALL_KEYS, n=1, cutoff=0.6)
     hint = (f"; did you mean {' and '.join(repr(k) for k in close)}?" if close
-            else "; see the README section 'Configuration' for valid keys")
+            else "; docs/configuration.md lists the valid keys")
     return UserError(f"unknown config key '{key}' ({source}){hint}")
 
 
@@ -373,7 +373,7 @@ def validate(cfg: Config) -> Config:
     is_ntu120 = "ntu120" in d.dataset.lower()
     if not re.fullmatch(r"xsub|xview|xset|custom|oneshot|official|split\d+", d.data_split):
         raise UserError(f"data_split must be xsub, xview, xset, split1, split2, split3, official, custom or oneshot, "
-                        f"got '{d.data_split}' (README, 'Datasets')")
+                        f"got '{d.data_split}' (docs/datasets.md)")
     if is_ntu120 and d.data_split == "xview":
         raise UserError("NTU120 has no X-View split: use data_split: xset (the cross-setup protocol) "
                         "(--set data_split=xset)")

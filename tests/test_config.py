@@ -1,9 +1,11 @@
 """The config tree: the published command lines, precedence, validation and round trips."""
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from video_helpers import load_script
 
 from lib.cli import build_parser, config_from_args
 from lib.config import Config, load_yaml_config, save_config
@@ -15,19 +17,21 @@ HYPER = [ROOT / f"hyper_config/method2/manual_joint_label{k}.yaml" for k in (1, 
 LABELS = {1: [0, 1, 1, 1, 2, 2, 2, 0, 0, 3, 3, 4, 4, 4, 5, 5, 5], 2: [0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2]}
 
 
-def parse(argv) -> Config:
-    return config_from_args(build_parser("test").parse_args([str(a) for a in argv]))
+def parse(argv, command: str = "train") -> Config:
+    return config_from_args(build_parser("test", command).parse_args([str(a) for a in argv]))
 
 
-def seed_commands(config: Path, hyper: Path) -> list[list]:
-    """The argument lists of the seed README's commands (train, resume, finetune, evaluate, vis, deploy)."""
+def seed_commands(config: Path, hyper: Path) -> list[tuple[str, list]]:
+    """The seed README's commands (train, resume, finetune, evaluate, vis, deploy): (command, arguments)."""
     common = ["--config", config, "--hyper_cfg", hyper, "--hyper_relation_bias", "uniform", "--version", "2"]
     return [
-        common[:2] + ["--checkpoint", "checkpoint/action/run"] + common[2:],
-        common[:2] + ["--checkpoint", "checkpoint/action/run"] + common[2:] + ["-r", "checkpoint/action/run/latest_epoch.bin"],
-        common + ["--checkpoint", "checkpoint/action/ft_NTU60_xsub"],
-        common + ["--evaluate", "checkpoint/action/run/best_epoch.bin"],
-        common + ["--evaluate", "ckpt.bin", "--deployment", "out/model.onnx"],
+        ("train", common[:2] + ["--checkpoint", "checkpoint/action/run"] + common[2:]),
+        ("train", common[:2] + ["--checkpoint", "checkpoint/action/run"] + common[2:]
+         + ["-r", "checkpoint/action/run/latest_epoch.bin"]),
+        ("train", common + ["--checkpoint", "checkpoint/action/ft_NTU60_xsub"]),
+        ("evaluate", common + ["--evaluate", "checkpoint/action/run/best_epoch.bin"]),
+        ("visualise", common + ["--evaluate", "checkpoint/action/run/best_epoch.bin"]),
+        ("export", common + ["--evaluate", "ckpt.bin", "--deployment", "out/model.onnx"]),
     ]
 
 
@@ -40,8 +44,8 @@ def test_there_are_eight_seed_configs():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("hyper", [1, 2])
 def test_seed_commands_parse_with_published_values(config, hyper):
-    for argv in seed_commands(config, HYPER[hyper - 1]):
-        cfg = parse(argv)
+    for command, argv in seed_commands(config, HYPER[hyper - 1]):
+        cfg = parse(argv, command)
         is_ft = config.stem.startswith("ft_")
         is_ntu120 = "NTU120" in config.stem
         assert cfg.name == config.stem
@@ -213,8 +217,38 @@ def test_missing_or_invalid_files(tmp_path):
         parse(["--config", listing])
 
 
+# Per script: flags its --help must list, and flags of other scripts it must not
+SCRIPT_FLAGS = {
+    "train_action.py": (["--checkpoint", "--resume", "--backbone_ckpt", "--device"], ["--evaluate", "--deployment"]),
+    "pretrain_action.py": (["--checkpoint", "--resume"], ["--evaluate", "--deployment", "--backbone_ckpt"]),
+    "evaluate_action.py": (["--evaluate", "--ensemble", "--gallery"],
+                           ["--checkpoint", "--resume", "--deployment", "--backbone_ckpt"]),
+    "vis_action_attn.py": (["--evaluate", "--attn-dir"], ["--checkpoint", "--resume", "--deployment", "--backbone_ckpt"]),
+    "vis_reconstruction.py": (["--evaluate", "--mask-seed"],
+                              ["--checkpoint", "--resume", "--deployment", "--backbone_ckpt"]),
+    "deployment/deployment_action.py": (["--evaluate", "--deployment", "--quantize"],
+                                        ["--checkpoint", "--resume", "--backbone_ckpt", "--ensemble"]),
+    "lib/data/summary.py": ([], ["--checkpoint", "--resume", "--evaluate", "--deployment", "--backbone_ckpt",
+                                "--device"]),
+}
+
+
+@pytest.mark.parametrize("script", list(SCRIPT_FLAGS))
+def test_each_script_offers_only_the_flags_it_uses(script, capsys):
+    """The options section of `--help`: the published flags of every script (--config, --hyper_cfg,
+    --hyper_relation_bias, --version, --set), the script's own, and none that only another script reads."""
+    with pytest.raises(SystemExit) as stop:
+        load_script(script).main(["--help"])
+    assert stop.value.code == 0
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    offered = set(re.findall(r"(?m)^  (?:-\w+(?: \S+)?, )?(--[\w-]+)", options))
+    shown, hidden = SCRIPT_FLAGS[script]
+    assert {"--config", "--hyper_cfg", "--hyper_relation_bias", "--version", "--set", *shown} <= offered
+    assert not offered & set(hidden), offered & set(hidden)
+
+
 def test_cli_rejects_bad_choices():
-    parser = build_parser("test")
+    parser = build_parser("test", "train")
     for argv in (["--config", "x", "--hyper_relation_bias", "full"], ["--config", "x", "--version", "3"], []):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)

@@ -121,7 +121,7 @@ def test_two_process_pretraining_writes_one_run_and_its_backbone_bin(tiny):
 def test_two_process_embedding_training_shares_class_balanced_batches_and_validates_as_one_process(tiny):
     """An embedding model under torchrun: each process trains on its share of the per-class batches, and
     the one-shot validation gathered from both equals a single-process evaluation of the same checkpoint."""
-    from lib.fewshot.sampler import class_balanced_batches
+    from lib.engine.embedding import class_balanced_batches
 
     folder, overrides = tiny
     out = folder / "embed"

@@ -17,15 +17,14 @@ from lib.cli import run_main
 from lib.config import load_yaml_config
 from lib.data import synthetic
 from lib.data.dataset import ActionDataset, open_store
+from lib.data.oneshot import HELD_OUT_ACTIONS, exemplar_name
 from lib.data.preprocess import make_clip
 from lib.data.pyskl import load_store
+from lib.engine import matching
 from lib.engine.build import action_model
 from lib.engine.distributed import Distributed
+from lib.engine.embedding import class_balanced_batches, supervised_contrastive_loss
 from lib.errors import UserError
-from lib.fewshot import matching
-from lib.fewshot.loss import supervised_contrastive_loss
-from lib.fewshot.protocol import HELD_OUT_ACTIONS, exemplar_name
-from lib.fewshot.sampler import class_balanced_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs/oneshot/oneshot_demo.yaml"

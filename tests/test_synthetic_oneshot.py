@@ -1,5 +1,5 @@
 """Tests of the synthetic preset ntu120_oneshot (lib/data/synthetic.py) against the NTU120 one-shot protocol
-(lib/fewshot/protocol.py)."""
+(lib/data/oneshot.py)."""
 import dataclasses
 from pathlib import Path
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lib.data import synthetic
+from lib.data.oneshot import HELD_OUT_ACTIONS, NOVEL_ACTIONS, exemplar_name, with_oneshot_splits
 from lib.data.pyskl import load_store
 from lib.errors import UserError
-from lib.fewshot.protocol import HELD_OUT_ACTIONS, NOVEL_ACTIONS, exemplar_name, with_oneshot_splits
 
 EXEMPLAR_ACTIONS = NOVEL_ACTIONS + HELD_OUT_ACTIONS
 NUM_SAMPLES = 240  # drawn ones, 2 per action; the 40 exemplars come on top

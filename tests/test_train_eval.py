@@ -105,7 +105,7 @@ def run_in_process(main, argv, monkeypatch) -> int:
 def expected_config(argv):
     """The config a command line resolves to, built the documented way (lib.cli)."""
     with contextlib.chdir(ROOT):
-        return config_from_args(build_parser("test").parse_args([str(a) for a in argv]))
+        return config_from_args(build_parser("test", "train").parse_args([str(a) for a in argv]))
 
 
 def assert_ok(result):

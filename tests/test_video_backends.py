@@ -12,12 +12,13 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
+from video_helpers import ROOT, TINY, load_script  # noqa: E402
+
 from benchmarks.common import wheel_file  # noqa: E402
 from lib.cli import run_main  # noqa: E402
 from lib.video.estimators import load_estimator  # noqa: E402
 from lib.video.frames import FrameSource  # noqa: E402
 from lib.video.yolo_pose import DEFAULT_MODEL  # noqa: E402
-from video_helpers import ROOT, TINY, load_script  # noqa: E402
 
 if not DEFAULT_MODEL.is_file():
     pytest.skip(f"no YOLO pose model at {DEFAULT_MODEL.relative_to(ROOT)} (make yolo-pose exports it; "

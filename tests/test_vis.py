@@ -44,7 +44,7 @@ def tiny_overrides(data_root: Path, dataset: str) -> list[str]:
 def random_checkpoint(args: list[str], path: Path) -> Path:
     """A checkpoint of the model these arguments build, with weights far from the (near-uniform) init."""
     torch.manual_seed(0)
-    model = action_model(config_from_args(build_parser("test").parse_args(args)))
+    model = action_model(config_from_args(build_parser("test", "visualise").parse_args(args)))
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.5)
@@ -66,7 +66,7 @@ def env(tmp_path_factory):
     overrides = tiny_overrides(root, "vis_demo")
     args = SEED_ARGS + overrides
     v1_args = [a if a != "2" else "1" for a in SEED_ARGS] + overrides
-    cfg = config_from_args(build_parser("test").parse_args(args))
+    cfg = config_from_args(build_parser("test", "visualise").parse_args(args))
     store = load_store(root / "vis_demo.pkl")  # packs the cache once, before any run
     load_store(root / "vis_two.pkl")
     return SimpleNamespace(

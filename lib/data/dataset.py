@@ -8,10 +8,10 @@ Call `set_epoch(epoch)` before iterating each epoch.
 import numpy as np
 
 from lib.config import DataConfig
+from lib.data.oneshot import with_oneshot_splits
 from lib.data.preprocess import make_clip
 from lib.data.pyskl import PackSettings, SkeletonStore, load_store
 from lib.errors import UserError
-from lib.fewshot.protocol import with_oneshot_splits
 
 
 class ActionDataset:

@@ -29,7 +29,7 @@ def describe_split(dataset: ActionDataset, names: list[str]) -> str:
 
 
 def main(argv=None):
-    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = build_parser(__doc__.splitlines()[0], "summary").parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     cfg = config_from_args(args)
     names = class_names(cfg.data.action_classes, cfg.data.label_map)

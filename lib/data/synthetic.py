@@ -25,7 +25,7 @@ How a sample is made:
 
 Sample ids (frame_dir `SsssCcccPpppRrrrAaaa`) are unique and follow the NTU id ranges, so the official
 cross-subject, cross-view and cross-setup rules (`split_of`) give the splits. Preset ntu120_oneshot is a
-small ntu120 that also holds every exemplar of the NTU120 one-shot protocol (lib/fewshot/protocol.py).
+small ntu120 that also holds every exemplar of the NTU120 one-shot protocol (lib/data/oneshot.py).
 
 CLI: python -m lib.data.synthetic --preset demo|ntu60|ntu120|ntu120_oneshot --out PATH [--seed S]
      [--num-samples N]; the presets gym, ucf101, hmdb51, diving48 and k400 write the other PYSKL files'
@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lib.fewshot.protocol import HELD_OUT_ACTIONS, NOVEL_ACTIONS, exemplar_name
+from lib.data.oneshot import HELD_OUT_ACTIONS, NOVEL_ACTIONS, exemplar_name
 
 # ---------------------------------------------------------------------------------------------------------
 # NTU ids and the official splits

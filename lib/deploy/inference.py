@@ -8,8 +8,8 @@ import numpy as np
 
 from lib.data.keypoint_files import Keypoints
 from lib.data.preprocess import ClipSettings
+from lib.engine.matching import UNKNOWN
 from lib.errors import UserError
-from lib.fewshot.matching import UNKNOWN
 from lib.onnx_session import open_session
 
 UNKNOWN_NAME = "unknown"

@@ -20,9 +20,9 @@ import numpy as np
 from lib.config import Config, config_to_dict
 from lib.engine.embedding import split_exemplars
 from lib.engine.evaluate import clip_embeddings, confusion_matrix, plot_confusion, predict_checkpoint, write_per_class
+from lib.engine.matching import UNKNOWN, k_shot_accuracy, one_shot_accuracy
 from lib.errors import UserError
 from lib.fewshot.gallery import Gallery, TorchEmbedder
-from lib.fewshot.matching import UNKNOWN, k_shot_accuracy, one_shot_accuracy
 
 log = logging.getLogger(__name__)
 K_SHOTS = (1, 2, 5)  # examples a class of the k-shot curves

@@ -9,7 +9,7 @@ DIR holds one folder per class (the folder's name is the class name) of keypoint
 as lib/data/keypoint_files.py reads them) or videos (poses extracted with --backend, lib/video/). One example
 a class is enough. The gallery file (numpy .npz) holds the class names, every example's embedding and source
 file, the suggested "unknown" threshold (from the examples' own leave-one-out similarities,
-lib/fewshot/matching.suggest_threshold), the model's test pipeline, and the model's embedding of a fixed
+lib/engine/matching.suggest_threshold), the model's test pipeline, and the model's embedding of a fixed
 probe clip, by which a gallery refuses to be used with another model.
 """
 import argparse
@@ -24,8 +24,8 @@ import numpy as np
 
 from lib.data.keypoint_files import DEFAULT_IMG_SHAPE, Keypoints, read_array_file, read_json_file
 from lib.data.preprocess import ClipSettings
+from lib.engine.matching import leave_one_out_similarities, nearest, prototypes, suggest_threshold
 from lib.errors import DAMAGED_FILE_ERRORS, UserError
-from lib.fewshot.matching import leave_one_out_similarities, nearest, prototypes, suggest_threshold
 
 log = logging.getLogger(__name__)
 GALLERY_FORMAT = 1
