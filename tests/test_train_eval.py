@@ -710,6 +710,23 @@ def test_evaluation_builds_the_model_the_checkpoint_was_trained_with(evaluation,
                           np.load(evaluation["dir"] / "predictions.npz")["logits"])
 
 
+def test_heatmaps_and_export_of_a_run_need_no_model_overrides(evaluation, reference, tmp_path):
+    """The README's heatmap and export commands on the run's checkpoint with only the data settings: the model
+    is the one the checkpoint was trained with (the export's parity check against PyTorch passes on it)."""
+    data_only = [s for s in reference["overrides"] if not s.startswith(MODEL_OVERRIDES)]
+    vis = run_script("vis_action_attn.py", evaluate_argv("train_NTU60_xsub_small", evaluation["ckpt"],
+                                                         overrides=data_only, extra=["--attn-dir", tmp_path / "vis"]))
+    assert_ok(vis)
+    assert "using the checkpoint's: model.dim_rep=16 (config: " in vis.stdout + vis.stderr
+    assert len(list((tmp_path / "vis").glob("*/sheet.png"))) == 1
+    onnx_path = tmp_path / "model.onnx"
+    export = run_script("deployment/deployment_action.py", evaluate_argv(
+        "train_NTU60_xsub_small", evaluation["ckpt"], overrides=data_only, extra=["--deployment", onnx_path]))
+    assert_ok(export)
+    assert "using the checkpoint's: model.dim_rep=16 (config: " in export.stdout + export.stderr
+    assert onnx_path.is_file()
+
+
 def test_evaluate_a_missing_checkpoint(reference, tmp_path, monkeypatch, capsys):
     missing = tmp_path / "nowhere" / "best_epoch.bin"
     code = run_in_process(evaluate_action.main,
