@@ -9,10 +9,11 @@ from lib.engine.train import train
 
 def main(argv=None) -> int:
     cfg, out, resume = training_run(build_parser(__doc__, "train").parse_args(argv))
+    note = ""
     if cfg.train.finetune and cfg.train.backbone_ckpt:
-        cfg = with_backbone_of(cfg, cfg.train.backbone_ckpt)
+        cfg, note = with_backbone_of(cfg, cfg.train.backbone_ckpt)
     task = EmbeddingTask(cfg) if cfg.model.model_version == "embed" else ClassificationTask(cfg)
-    return train(task, cfg, out, resume)
+    return train(task, cfg, out, resume, notes=(note,) if note else ())
 
 
 if __name__ == "__main__":

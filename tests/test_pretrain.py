@@ -336,6 +336,7 @@ def test_finetuning_builds_the_backbone_that_backbone_bin_was_pretrained_with(pr
     assert run(train_action.main, argv, monkeypatch) == 0
     assert "using its: dim_rep=16 (config: 32), depth=1 (config: 2)" in capsys.readouterr().out
     log = (out / "run_action.log").read_text()
+    assert "using its: dim_rep=16 (config: 32), depth=1 (config: 2)" in log  # the run's log keeps it too
     count = len(torch.load(pretrained / "backbone.bin", weights_only=True)["backbone"])
     assert f"{count} loaded, 0 missing, 0 unexpected, 0 with another shape" in log
     saved = load_yaml_config(out / "config.yaml")

@@ -69,14 +69,15 @@ def with_checkpoint_model(cfg: Config, checkpoint, state=None) -> Config:
     return validate(dataclasses.replace(cfg, data=data, model=trained.model, hyper=trained.hyper))
 
 
-def with_backbone_of(cfg: Config, backbone_ckpt) -> Config:
+def with_backbone_of(cfg: Config, backbone_ckpt) -> tuple[Config, str]:
     """Finetuning: `cfg` with the backbone settings (those that shape its weights, BACKBONE_SETTING_KEYS) that
     `backbone_ckpt` was trained with: a backbone.bin of pretrain_action.py, or a training checkpoint of ours.
-    Where they differ from the config's, the checkpoint wins and one log line names them; the head and every
-    other setting stay the config's. A published or converted checkpoint holds none: `cfg` as it is."""
+    Where they differ from the config's, the checkpoint wins, and the line returned with the config names them
+    (for the run's log; empty when nothing differs); the head and every other setting stay the config's. A
+    published or converted checkpoint holds none: `cfg` as it is."""
     state = load_checkpoint(backbone_ckpt)
     if not isinstance(state, dict):
-        return cfg
+        return cfg, ""
     if isinstance(state.get("backbone_config"), dict):
         saved = state["backbone_config"]
         values = {key: saved[name] for name, key in BACKBONE_SETTING_KEYS.items() if name in saved}
@@ -90,18 +91,18 @@ def with_backbone_of(cfg: Config, backbone_ckpt) -> Config:
         values = {key: flat[name] for key in BACKBONE_SETTING_KEYS.values()
                   if (name := key if "." in key else f"model.{key}") in flat}
     else:
-        return cfg
+        return cfg, ""
     current = {key: getattr(cfg.hyper, key[6:]) if key.startswith("hyper.") else getattr(cfg.model, key)
                for key in values}
     changed = {key: value for key, value in values.items() if current[key] != value}
     if not changed:
-        return cfg
-    log.info(f"{backbone_ckpt} was trained with other backbone settings than the config; using its: "
-             + ", ".join(f"{key}={value!r} (config: {current[key]!r})" for key, value in changed.items()))
+        return cfg, ""
+    note = (f"{backbone_ckpt} was trained with other backbone settings than the config; using its: "
+            + ", ".join(f"{key}={value!r} (config: {current[key]!r})" for key, value in changed.items()))
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), hyper=dataclasses.replace(cfg.hyper))
     apply_mapping(cfg, {"model": {k: v for k, v in changed.items() if "." not in k},
                         "hyper": {k[6:]: v for k, v in changed.items() if k.startswith("hyper.")}}, str(backbone_ckpt))
-    return validate(cfg)
+    return validate(cfg), note
 
 
 @dataclass

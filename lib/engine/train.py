@@ -308,15 +308,18 @@ def train_one_epoch(task, forward, optimizer, train_set, progress: Progress, cfg
     return True
 
 
-def train(task, cfg: Config, checkpoint_dir, resume: str = None) -> int:
+def train(task, cfg: Config, checkpoint_dir, resume: str = None, notes: tuple[str, ...] = ()) -> int:
     """Run `task` as configured; outputs in `checkpoint_dir`; `resume`: a checkpoint, or 'auto' for
-    {checkpoint_dir}/latest_epoch.bin when it exists. Returns the exit status: 0 when every epoch ran,
-    128 + the signal number when SIGINT / SIGTERM stopped it (after saving latest_epoch.bin)."""
+    {checkpoint_dir}/latest_epoch.bin when it exists; `notes`: lines about how the config was resolved, for
+    the run's log. Returns the exit status: 0 when every epoch ran, 128 + the signal number when SIGINT /
+    SIGTERM stopped it (after saving latest_epoch.bin)."""
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_minutes)
     out = Path(checkpoint_dir)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     setup_logging(out / f"{cfg.train.log}.log" if ctx.is_main else None, quiet=not ctx.is_main)
+    for note in notes:
+        log.info(note)
     resume = resolve_resume(resume, out, cfg, ctx)
     if ctx.is_main:
         save_config(cfg, out / "config.yaml")
