@@ -137,7 +137,7 @@ def test_quick_run_without_out_leaves_the_recorded_results_alone(tmp_path):
     script = "bench_video.py"
     before = snapshot(RESULTS)
     try:
-        run_benchmark(script, "--video-python", tmp_path / "absent-python")
+        run_benchmark(script, "--yolo-model", tmp_path / "absent.onnx")
         after = snapshot(RESULTS)
     finally:
         restore(RESULTS, before)
