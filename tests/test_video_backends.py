@@ -120,6 +120,54 @@ def test_a_real_video_through_extraction_tracking_inference_and_rendering(bus_vi
 
 
 
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    """The real street video that the sports2d package ships (Demo/demo.mp4: 1768 x 994, 230 frames at 30
+    frames a second; a man on a box and a woman walking past, BSD-3-Clause), and a 4-person version: the
+    video at half size, tiled 2 x 2."""
+    try:
+        video = wheel_file("sports2d==0.8.34", "Sports2D/Demo/demo.mp4")
+    except RuntimeError as e:
+        pytest.skip(f"no street video: {e}")
+    tiled = tmp_path_factory.mktemp("street") / "street_2x2.mp4"
+    source, writer = cv2.VideoCapture(str(video)), None
+    while True:
+        ok, frame = source.read()
+        if not ok:
+            break
+        half = cv2.resize(frame, (frame.shape[1] // 2, frame.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        grid = np.vstack([np.hstack([half, half]), np.hstack([half, half])])
+        if writer is None:
+            writer = cv2.VideoWriter(str(tiled), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, grid.shape[1::-1])
+        writer.write(grid)
+    writer.release()
+    return {"video": video, "tiled": tiled}
+
+
+@pytest.mark.parametrize("which, persons", [("video", 2), ("tiled", 4)])
+def test_every_person_of_a_real_street_gets_their_own_predictions_and_segments(street, onnx_model, tmp_path,
+                                                                                which, persons, capsys):
+    infer_action = load_script("deployment/infer_action.py")
+    out = tmp_path / f"{which}.mp4"
+    assert run_main(infer_action.main, ["--onnx", str(onnx_model), "--video", str(street[which]), "--backend", "yolo",
+                                        "--per-person", "--max-persons", "8", "--window", "32", "--stride", "16",
+                                        "--render", str(out), "--json-out"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    windows = {}
+    for line in lines:
+        windows.setdefault(line["track"], []).append(line["frames"])
+    followed = [track for track, frames in windows.items() if len(frames) >= 5]  # seen for 3 s or more
+    segments = json.loads(out.with_name(f"{which}_segments.json").read_text())["segments"]
+    with capsys.disabled():
+        print(f"\n{which}: windows per track {dict((t, len(f)) for t, f in windows.items())}; segments "
+              + "; ".join(f"person {s['track']} {s['class']} {s['start_s']}-{s['end_s']} s" for s in segments))
+    assert len(followed) >= persons
+    assert {s["track"] for s in segments} >= set(followed)
+    assert all(len(line["top"]) == 5 and len(line["box"]) == 4 for line in lines)
+    assert sum(1 for _ in FrameSource(out)) == 230
+    assert cv2.imread(str(out.with_name(f"{which}_segments.png"))) is not None
+
+
 def test_rtmlib_finds_the_people_or_says_it_cannot_get_its_models():
     """Where rtmlib is installed (requirements-rtmlib.txt): with its models (downloaded
     on the first run) it finds the 4 people of bus.jpg; without network and models, a one-line error."""

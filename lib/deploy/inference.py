@@ -66,31 +66,33 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def classify_clips(model: OnnxActionModel, clips: np.ndarray, top_k: int = 5, gallery=None,
+                   threshold: float = None) -> list[dict]:
+    """Clips [N, 2, T, 17, 3] in one model call -> one dict each with the top-k classes: (label, name,
+    probability) of a classification model, or with a `gallery` (lib.fewshot.gallery.Gallery) of an
+    embedding model (label, name, similarity), with `class` the nearest gallery class or "unknown" below
+    `threshold` (default: the gallery's suggestion)."""
+    if gallery is not None:
+        similarities, predicted = gallery.classify(model.embed(clips), threshold)
+        return [{"class": UNKNOWN_NAME if best == UNKNOWN else gallery.class_names[best],
+                 "top": [{"label": int(k), "name": gallery.class_names[k], "similarity": float(sims[k])}
+                         for k in np.argsort(-sims)[:top_k]],
+                 "similarities": sims}
+                for sims, best in zip(similarities, predicted)]
+    return [{"top": [{"label": int(k), "name": model.class_names[k], "probability": float(probs[k])}
+                     for k in np.argsort(-probs)[:top_k]],
+             "probabilities": probs}
+            for probs in model.probabilities(clips)]
+
+
 def predict(model: OnnxActionModel, keypoints: Keypoints, window: int = None, stride: int = None, top_k: int = 5,
             gallery=None, threshold: float = None):
-    """One prediction per window (the whole sequence without a window): dicts with the frame range and the
-    top-k classes: (label, name, probability) of a classification model, or with a `gallery`
-    (lib.fewshot.gallery.Gallery) of an embedding model (label, name, similarity), with `class` the nearest
-    gallery class or "unknown" below `threshold` (default: the gallery's suggestion)."""
+    """One prediction per window (the whole sequence without a window): the frame range [start, end) and
+    the keys of `classify_clips`."""
     num_frames = keypoints.keypoint.shape[1]
     starts = window_starts(num_frames, window, stride or window)
     span = num_frames if window is None else min(window, num_frames)
     clips = np.stack([model.clip(Keypoints(keypoints.keypoint[:, s:s + span], keypoints.score[:, s:s + span],
                                            keypoints.img_hw)) for s in starts])
-    if gallery is not None:
-        similarities, predicted = gallery.classify(model.embed(clips), threshold)
-        return [{"frames": [start, start + span],
-                 "class": UNKNOWN_NAME if best == UNKNOWN else gallery.class_names[best],
-                 "top": [{"label": int(k), "name": gallery.class_names[k], "similarity": float(sims[k])}
-                         for k in np.argsort(-sims)[:top_k]],
-                 "similarities": sims}
-                for start, sims, best in zip(starts, similarities, predicted)]
-    results = []
-    for start, probs in zip(starts, model.probabilities(clips)):
-        order = np.argsort(-probs)[:top_k]
-        results.append({
-            "frames": [start, start + span],
-            "top": [{"label": int(k), "name": model.class_names[k], "probability": float(probs[k])} for k in order],
-            "probabilities": probs,
-        })
-    return results
+    return [{"frames": [start, start + span], **result}
+            for start, result in zip(starts, classify_clips(model, clips, top_k, gallery, threshold))]

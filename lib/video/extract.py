@@ -34,7 +34,8 @@ class FramePoses:
 
 @dataclass
 class Extraction:
-    keypoints: Keypoints  # tracked persons, [M, T, 17, 2] pixels
+    keypoints: Keypoints  # the `max_persons` tracks of highest total score, [M, T, 17, 2] pixels
+    poses: list  # every track, per frame: {track id: (keypoint [17, 2], score [17])}
     fps: float  # of the video
     seconds: float  # decoding, estimation and tracking
     detections: int  # persons found, summed over frames
@@ -51,7 +52,7 @@ def extract(source: FrameSource, estimator, max_persons: int = 2, progress: bool
         frames.append(poses(frame))
     seconds = time.perf_counter() - start
     keypoint, score = stack_tracks(frames, max_persons)
-    return Extraction(Keypoints(keypoint, score, shape), source.fps, seconds, sum(len(f) for f in frames))
+    return Extraction(Keypoints(keypoint, score, shape), frames, source.fps, seconds, sum(len(f) for f in frames))
 
 
 def extract_videos(videos: list, out_dir, estimator, max_persons: int = 2, fps: float = 30.0,
