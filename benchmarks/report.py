@@ -201,6 +201,23 @@ def video_table(report: dict) -> str:
                   "of which clip + model (ms)", "streaming frames/s"], rows)
 
 
+def video_person_live_tables(report: dict) -> str:
+    """--per-person windows against the number of persons, and the live runs (bench_video.py)."""
+    parts = []
+    if "per_person" in report:
+        parts.append(table(["persons in the window", "all in one model call (ms)", "one call each (ms)"],
+                           [[str(r["persons"]), f"{r['batched_ms']:.0f}", f"{r['one_call_each_ms']:.0f}"]
+                            for r in report["per_person"]]))
+    for name, runs in report.get("live", {}).get("runs", {}).items():
+        rows = [[str(r["pose_size"]), f"{r['chosen'][0]}, every {r['chosen'][1]}",
+                 f"{r['processed_per_second']:.1f}", f"{r['dropped']} of {r['received']}",
+                 f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f}", f"{r['stride_ms']:.0f}"] for r in runs]
+        parts.append(f"Live, {name} model, {report['live']['video']}:\n\n" + table(
+            ["pose size asked", "pose size, frames estimated", "frames processed a second", "frames lost",
+             "latency median / p90 (ms)", "one stride (ms)"], rows))
+    return "\n\n".join(parts)
+
+
 def faults_tables(report: dict) -> str:
     """Killed ranks and recovery, the checkpoint's cost, the loader's start (bench_faults.py)."""
     s = report["summary"]
@@ -251,7 +268,7 @@ def main():
     for name, report in files.items():
         if name.startswith("video"):
             print(f"## Video ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"
-                  f"{video_table(report)}\n")
+                  f"{video_table(report)}\n\n{video_person_live_tables(report)}\n")
     for name, report in files.items():
         if name.startswith("faults"):
             print(f"## Faults ({name})\n\n`{report.get('command', '')}`\n\n{machine(report)}\n\n"

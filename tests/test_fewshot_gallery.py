@@ -279,6 +279,17 @@ def test_infer_with_a_gallery_on_a_video_renders_and_streams(built, trained, cap
     assert [w["class"] for w in streamed] == [w["class"] for w in windows[:len(streamed)]]
     assert all("latency_ms" in w and len(w["similarities"]) == 3 for w in streamed)
 
+    # per person: each person's windows name a gallery class or "unknown", and the segments do too
+    out = tmp_path / "persons" / "out.mp4"
+    assert run_main(infer_action.main, ["--onnx", str(built["onnx"]), "--gallery", str(built["gallery"]),
+                                        "--video", str(video), "--backend", backend, "--window", "16", "--stride", "8",
+                                        "--per-person", "--render", str(out), "--json-out"]) == 0
+    persons = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    names = Gallery.load(built["gallery"]).class_names + ["unknown"]
+    assert persons and all(p["class"] in names and "track" in p for p in persons)
+    segments = json.loads(out.with_name("out_segments.json").read_text())["segments"]
+    assert segments and all(s["class"] in names and "mean_similarity" in s for s in segments)
+
 
 def test_infer_needs_a_gallery_for_an_embedding_model_and_an_embedding_model_for_a_gallery(built, capsys, tmp_path):
     infer_action = load_script("deployment/infer_action.py")
