@@ -196,6 +196,10 @@ def test_bench_video_quick_reports_extraction_and_streaming(tmp_path):
     assert backends["yolo"] == {"measured": False, "why": f"no {tmp_path / 'absent.onnx'} (make yolo-pose)"}
     assert backends["rtmlib"]["measured"] is False
     assert "stand-in  extraction" in result.stdout
+    per_person = json.loads(out.read_text())["per_person"]
+    assert [row["persons"] for row in per_person] == [1, 2, 4, 8]
+    assert all(row["batched_ms"] > 0 and row["one_call_each_ms"] > 0 for row in per_person)
+    assert per_person[-1]["batched_ms"] > per_person[0]["batched_ms"]  # 8 persons cost more than 1
 
 
 def test_bench_fewshot_quick_compares_the_three_features_and_times_a_gallery(tmp_path):
