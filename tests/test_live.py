@@ -8,41 +8,28 @@ import numpy as np
 import pytest
 
 from lib.cli import run_main
-from lib.data import synthetic
 from lib.deploy import streaming
 from lib.deploy.streaming import live_settings, stream_predictions
 from lib.video import live
 from lib.video.live import LiveFrame, LiveFrames
-from test_persons import onnx_model  # noqa: F401 (a fixture: a small exported model)
+from test_persons import onnx_model, pair_video  # noqa: F401 (fixtures: a small exported model, a video)
 from video_helpers import load_script
 
 cv2 = pytest.importorskip("cv2")
 infer_action = load_script("deployment/infer_action.py")
 
 
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    """A 71-frame synthetic two-person video at 30 frames a second and the pickle its frames come from."""
-    from lib.video.synthetic_video import write_video
-
-    tmp = tmp_path_factory.mktemp("live")
-    data = synthetic.generate("demo", seed=5, num_samples=20)
-    synthetic.write_pickle(data, tmp / "truth.pkl")
-    write_video(data["annotations"][0], 0, tmp / "pair.mp4", height=180)
-    return {"path": tmp / "pair.mp4", "backend": f"stand-in:{tmp / 'truth.pkl'}", "frames": 71}
-
-
-def test_a_file_played_in_real_time_loses_the_frames_a_slow_consumer_misses(video):
-    stream = LiveFrames(video["path"], realtime=True)
+def test_a_file_played_in_real_time_loses_the_frames_a_slow_consumer_misses(pair_video):  # noqa: F811
+    stream = LiveFrames(pair_video["path"], realtime=True)
     start, got = time.perf_counter(), []
     for frame in stream:
         got.append(frame.index)
         time.sleep(0.1)  # a consumer at 10 frames a second, a third of the source's rate
     seconds = time.perf_counter() - start
-    assert stream.received == video["frames"] and not stream.lost
-    assert stream.dropped == video["frames"] - len(got) > 30
+    assert stream.received == pair_video["frames"] and not stream.lost
+    assert stream.dropped == pair_video["frames"] - len(got) > 30
     assert got == sorted(got) and got[0] == 0 and len(set(np.diff(got))) > 1  # gaps where frames were lost
-    assert seconds >= (video["frames"] - 1) / 30 * 0.95  # played at the file's rate, not faster
+    assert seconds >= (pair_video["frames"] - 1) / 30 * 0.95  # played at the file's rate, not faster
 
 
 class BrokenStream:
@@ -63,10 +50,10 @@ class BrokenStream:
         self.capture.release()
 
 
-def test_a_stream_that_breaks_off_ends_cleanly_with_what_it_gave(video, onnx_model, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setattr(live, "open_capture", lambda source: BrokenStream(video["path"], 40))
+def test_a_stream_that_breaks_off_ends_cleanly_with_what_it_gave(pair_video, onnx_model, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr(live, "open_capture", lambda source: BrokenStream(pair_video["path"], 40))
     code = run_main(infer_action.main, ["--onnx", onnx_model.name, "--stream", "rtsp://camera.local/live",
-                                        "--backend", video["backend"], "--window", "16", "--stride", "8",
+                                        "--backend", pair_video["backend"], "--window", "16", "--stride", "8",
                                         "--pose-every", "1", "--json-out"])
     out, err = capsys.readouterr()
     assert code == 1
@@ -94,9 +81,9 @@ def test_live_and_segment_settings_out_of_range_are_one_line_errors(argv, messag
     assert len(err) == 1 and message in err[0], err
 
 
-def test_a_pose_size_for_an_estimator_without_one_is_one_line(video, onnx_model, capsys):  # noqa: F811
-    assert run_main(infer_action.main, ["--onnx", onnx_model.name, "--stream", str(video["path"]),
-                                        "--backend", video["backend"], "--pose-size", "320"]) == 2
+def test_a_pose_size_for_an_estimator_without_one_is_one_line(pair_video, onnx_model, capsys):  # noqa: F811
+    assert run_main(infer_action.main, ["--onnx", onnx_model.name, "--stream", str(pair_video["path"]),
+                                        "--backend", pair_video["backend"], "--pose-size", "320"]) == 2
     assert "--pose-size is for the yolo backend" in capsys.readouterr().err
 
 

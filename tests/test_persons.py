@@ -113,22 +113,30 @@ def test_the_command_on_a_keypoint_file_of_one_person_gives_one_track(onnx_model
     assert set(lines[0]) == {"track", "frames", "box", "top"}  # no frame rate: no times
 
 
-def test_a_video_per_person_with_its_rendered_video_segments_and_timeline(onnx_model, tmp_path, capsys):
-    """A synthetic two-person video (the stand-in estimator reads the poses its frames carry): one JSON line
-    per person per window, the rendered video, and each person's segments in JSON, CSV and a picture."""
-    cv2 = pytest.importorskip("cv2")
+@pytest.fixture(scope="module")
+def pair_video(tmp_path_factory):
+    """A 71-frame synthetic two-person video at 30 frames a second, and the stand-in backend that reads the
+    poses its frames carry (from the pickle they come from)."""
+    pytest.importorskip("cv2")
     from lib.data import synthetic
     from lib.video.synthetic_video import write_video
 
+    tmp = tmp_path_factory.mktemp("pair")
     data = synthetic.generate("demo", seed=5, num_samples=20)
-    synthetic.write_pickle(data, tmp_path / "truth.pkl")
-    ann = data["annotations"][0]
-    assert ann["keypoint"].shape[:2] == (2, 71)
-    write_video(ann, 0, tmp_path / "pair.mp4", height=180)
+    synthetic.write_pickle(data, tmp / "truth.pkl")
+    assert data["annotations"][0]["keypoint"].shape[:2] == (2, 71)
+    write_video(data["annotations"][0], 0, tmp / "pair.mp4", height=180)
+    return {"path": tmp / "pair.mp4", "backend": f"stand-in:{tmp / 'truth.pkl'}", "frames": 71}
+
+
+def test_a_video_per_person_with_its_rendered_video_segments_and_timeline(onnx_model, pair_video, tmp_path, capsys):
+    """One JSON line per person per window, the rendered video, and each person's segments in JSON, CSV and
+    a picture."""
+    cv2 = pytest.importorskip("cv2")
     infer_action = load_script("deployment/infer_action.py")
     out = tmp_path / "out" / "pair.mp4"
-    assert run_main(infer_action.main, ["--onnx", onnx_model.name, "--video", str(tmp_path / "pair.mp4"),
-                                        "--backend", f"stand-in:{tmp_path / 'truth.pkl'}", "--per-person",
+    assert run_main(infer_action.main, ["--onnx", onnx_model.name, "--video", str(pair_video["path"]),
+                                        "--backend", pair_video["backend"], "--per-person",
                                         "--window", "16", "--stride", "8", "--render", str(out),
                                         "--json-out"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
