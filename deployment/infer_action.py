@@ -19,7 +19,6 @@ Formats: deployment/inference.md.
 """
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def live_choice(value: str, name: str):
 
 
 def run_stream(model: OnnxActionModel, gallery, args):
-    from lib.deploy.streaming import live_settings, stream_predictions, timed_frames
+    from lib.deploy.streaming import describe, live_settings, stream_predictions, timed_frames
     from lib.video.estimators import load_estimator
     from lib.video.extract import FramePoses
     from lib.video.frames import FrameSource
@@ -175,6 +174,10 @@ def run_stream(model: OnnxActionModel, gallery, args):
         frames = iter(stream)
         first = next(frames)  # the settings are measured on it; the frames meanwhile are dropped, as live
         settings = live_settings(estimator, model, first.image, stream.fps, window, stride, pose_size, pose_every)
+        print(describe(settings), file=sys.stderr)  # stderr: the predictions on stdout stay clean JSON
+        if not settings.keeps_up:
+            print(f"live: the estimator and the model cannot keep up with {stream.fps:g} frames a second on this "
+                  "machine; frames will be dropped", file=sys.stderr)
         pose_every = settings.pose_every
     else:
         frames = timed_frames(stream)
@@ -233,7 +236,6 @@ def write_segment_files(args, extraction, rows: dict, class_names) -> list[str]:
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # on stderr: the JSON on stdout stays clean
     model = OnnxActionModel(args.onnx, args.threads)
     gallery = load_gallery(model, args)
     if args.stream is not None:

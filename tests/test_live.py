@@ -59,6 +59,7 @@ def test_a_stream_that_breaks_off_ends_cleanly_with_what_it_gave(pair_video, onn
     assert code == 1
     assert "rtsp://camera.local/live stopped sending after 40 frames; the predictions above are all it gave" in err
     assert "Traceback" not in err
+    assert "live: poses every frame (estimator" in err  # the settings on stderr; stdout holds JSON only
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines and all(line["frames"][1] <= 40 for line in lines)
 
@@ -143,3 +144,4 @@ def test_live_settings_take_the_largest_input_size_then_the_smallest_k_that_keep
                              pose_every=given)
     assert (settings.pose_size, settings.pose_every) == expected and estimator.imgsz == expected[0]
     assert settings.model_ms == 32.0 and settings.estimator_ms == times
+    assert settings.keeps_up is (times[320] < 200)  # the fourth case: nothing fits

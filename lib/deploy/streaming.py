@@ -6,7 +6,6 @@ the poses keep one entry per frame of the source. Once `window` frames are in, e
 last `window` frames are classified.
 
 For a live source the estimator's input size and k can be chosen from measured speed (`live_settings`)."""
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from lib.video.extract import FramePoses
 from lib.video.live import LiveFrame
 from lib.video.tracking import stack_tracks
 
-log = logging.getLogger(__name__)
 POSE_SIZES = (640, 480, 320)  # the yolo estimator's input sizes that live_settings tries, largest first
 MAX_POSE_EVERY = 4
 HEADROOM = 0.8  # live_settings plans for this share of a frame's time
@@ -76,6 +74,7 @@ class LiveSettings:
     estimator_ms: dict  # per input size tried
     model_ms: float  # one window's clip and model
     frame_ms: float  # the time between two frames of the source
+    keeps_up: bool  # False: nothing fits, the cheapest settings were taken and frames will be lost
 
 
 def median_ms(fn, repeats: int = 3) -> float:
@@ -110,15 +109,12 @@ def live_settings(estimator, model: OnnxActionModel, image: np.ndarray, fps: flo
     ks = [pose_every] if pose_every else list(range(1, MAX_POSE_EVERY + 1))
     options = [(size, k) for k in ks for size in (sizes if k == ks[0] else sizes[-1:])]
     chosen = next(((size, k) for size, k in options if estimator_ms[size] / k + per_window <= budget), None)
+    keeps_up = chosen is not None
     if chosen is None:
         chosen = (sizes[-1], pose_every or MAX_POSE_EVERY)
-        log.warning(f"live: the estimator and the model cannot keep up with {fps:g} frames a second on this "
-                    "machine; frames will be dropped")
     if chosen[0]:
         estimator.imgsz = chosen[0]
-    settings = LiveSettings(chosen[0], chosen[1], estimator_ms, model_ms, 1000 / fps)
-    log.info(describe(settings))
-    return settings
+    return LiveSettings(chosen[0], chosen[1], estimator_ms, model_ms, 1000 / fps, keeps_up)
 
 
 def describe(settings: LiveSettings) -> str:
