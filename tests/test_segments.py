@@ -39,7 +39,6 @@ def spans(found: list[dict]) -> list[tuple]:
 
 
 def test_equal_windows_join_and_order_does_not_matter():
-    predictions = [window(i, confident(0, p)) for i, p in enumerate([0.6, 0.7, 0.8])] + windows([1, 1, 1])[3:]
     predictions = [window(i, confident(label, p)) for i, (label, p) in
                    enumerate([(0, 0.6), (0, 0.7), (0, 0.8), (1, 0.9), (1, 0.9), (1, 0.6)])]
     found = segments(predictions[::-1], NAMES, FPS, 0, 0)
